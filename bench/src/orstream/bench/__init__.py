@@ -1,0 +1,1 @@
+"""Benchmark scenarios behind ``orstream bench``: they run the real stack and print JSON."""

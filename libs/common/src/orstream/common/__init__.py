@@ -1,0 +1,1 @@
+"""Shared code of orstream: everything two services both need, and nothing else."""

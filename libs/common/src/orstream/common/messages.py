@@ -1,0 +1,140 @@
+"""Wire messages between the services, each a small typed struct with its encoding beside it.
+
+Per-frame messages stay cheap to decode: a raw-frame notification is a msgpack array, and an
+encoded access unit travels as raw bytes with its facts in NATS headers, so no hop parses JSON
+per frame. Registry descriptors change rarely and are JSON, readable with ``nats kv get``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Self
+
+import msgspec
+
+TRACEPARENT = "traceparent"
+HDR_SEQ = "Orstream-Seq"
+HDR_PTS = "Orstream-Pts"
+HDR_KEY = "Orstream-Key"
+HDR_CODEC = "Orstream-Codec"
+HDR_CAPTURE_NS = "Orstream-Capture-Ns"
+HDR_NOTIFIED_NS = "Orstream-Notified-Ns"
+HDR_PUBLISHED_NS = "Orstream-Published-Ns"
+
+
+class MessageError(ValueError):
+    """A message on the bus did not decode; the receiver drops it and counts it."""
+
+
+class FrameReady(msgspec.Struct, array_like=True, frozen=True):
+    """``.frame``: ingest wrote frame ``seq`` into ``slot`` of ring ``ring``."""
+
+    ring: str
+    slot: int
+    seq: int
+    width: int
+    height: int
+    pix_fmt: str
+    capture_ns: int
+    #: Wall clock when ingest published this notification (end of the ingest hop).
+    notified_ns: int
+
+    def encode(self) -> bytes:
+        return _FRAME_ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> FrameReady:
+        try:
+            return _FRAME_DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            raise MessageError(f"malformed frame notification: {exc}") from exc
+
+
+_FRAME_ENCODER = msgspec.msgpack.Encoder()
+_FRAME_DECODER = msgspec.msgpack.Decoder(FrameReady)
+
+
+class AccessUnitMeta(msgspec.Struct, frozen=True):
+    """Facts about one encoded access unit (``.enc.<rendition>``), carried in NATS headers."""
+
+    seq: int
+    #: Presentation time in 90 kHz units (RTP video clock), derived from capture time.
+    pts: int
+    key: bool
+    codec: str
+    capture_ns: int
+    notified_ns: int
+    published_ns: int
+    traceparent: str | None = None
+
+    def to_headers(self) -> dict[str, str]:
+        headers = {
+            HDR_SEQ: str(self.seq),
+            HDR_PTS: str(self.pts),
+            HDR_KEY: "1" if self.key else "0",
+            HDR_CODEC: self.codec,
+            HDR_CAPTURE_NS: str(self.capture_ns),
+            HDR_NOTIFIED_NS: str(self.notified_ns),
+            HDR_PUBLISHED_NS: str(self.published_ns),
+        }
+        if self.traceparent:
+            headers[TRACEPARENT] = self.traceparent
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str] | None) -> AccessUnitMeta:
+        if not headers:
+            raise MessageError("access unit without headers")
+        try:
+            return cls(
+                seq=int(headers[HDR_SEQ]),
+                pts=int(headers[HDR_PTS]),
+                key=headers[HDR_KEY] == "1",
+                codec=headers[HDR_CODEC],
+                capture_ns=int(headers[HDR_CAPTURE_NS]),
+                notified_ns=int(headers[HDR_NOTIFIED_NS]),
+                published_ns=int(headers[HDR_PUBLISHED_NS]),
+                traceparent=headers.get(TRACEPARENT),
+            )
+        except (KeyError, ValueError) as exc:
+            raise MessageError(f"malformed access unit headers: {exc!r}") from exc
+
+
+class StreamState(StrEnum):
+    STARTING = "starting"
+    LIVE = "live"
+    STALLED = "stalled"
+    STOPPED = "stopped"
+
+
+class StreamDescriptor(msgspec.Struct, kw_only=True):
+    """A stream's entry in the registry (JetStream KV ``orstream-streams``)."""
+
+    site: str
+    room: str
+    stream: str
+    source: str
+    width: int
+    height: int
+    fps: float
+    pix_fmt: str
+    ring: str
+    codec: str = "h264"
+    renditions: list[str] = msgspec.field(default_factory=lambda: ["src"])
+    state: StreamState = StreamState.STARTING
+    label: str = ""
+    modality: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    owner: str = ""
+    updated_ns: int = 0
+
+    def encode(self) -> bytes:
+        return msgspec.json.encode(self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        try:
+            return msgspec.json.decode(data, type=cls)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise MessageError(f"malformed stream descriptor: {exc}") from exc

@@ -1,0 +1,117 @@
+"""NATS subject names and the stream registry's keys: they are spelled here and nowhere else.
+
+::
+
+    or.<site>.<room>.<stream>.frame              ingest  -> encoder   raw frame ready in the ring
+    or.<site>.<room>.<stream>.enc.<rendition>    encoder -> edge      one encoded access unit
+    or.<site>.<room>.<stream>.keyframe           edge    -> encoder   please send an IDR soon
+    or.<site>.<room>.<stream>.interest           edge    -> encoder   renditions with watchers
+    or.<site>.<room>.meta.in                     ingest  -> metadata  identified DICOM context
+    or.<site>.<room>.meta.role.<role>            metadata -> edge     a role's view of it
+    or.<site>.<room>.annot                       edge    -> displays  telestration, chat
+    auth.revoke                                  admin   -> edge      end sessions now
+    audit.<site>.>                               all     -> AUDIT     who saw what, when
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]+$"
+_TOKEN = re.compile(TOKEN_PATTERN)
+
+#: JetStream KV bucket holding one descriptor per stream, key ``<site>.<room>.<stream>``.
+REGISTRY_BUCKET = "orstream-streams"
+AUTH_REVOKE = "auth.revoke"
+#: Rendition name of the stream at its source size.
+SOURCE_RENDITION = "src"
+
+
+def check_token(value: str, what: str = "token") -> str:
+    """Return ``value`` if it may stand as one subject token, else raise ``ValueError``."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{what} {value!r} must match {TOKEN_PATTERN}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StreamId:
+    """One video stream: a source in an operating room of a site."""
+
+    site: str
+    room: str
+    stream: str
+
+    def __post_init__(self) -> None:
+        check_token(self.site, "site")
+        check_token(self.room, "room")
+        check_token(self.stream, "stream")
+
+    @classmethod
+    def parse(cls, key: str) -> StreamId:
+        """Parse a registry key ``<site>.<room>.<stream>``."""
+        parts = key.split(".")
+        if len(parts) != 3:
+            raise ValueError(f"stream key {key!r} is not <site>.<room>.<stream>")
+        return cls(*parts)
+
+    @property
+    def key(self) -> str:
+        """Key of this stream in the registry bucket."""
+        return f"{self.site}.{self.room}.{self.stream}"
+
+    @property
+    def ring_name(self) -> str:
+        """Name of the shared-memory ring that carries this stream's raw frames."""
+        return f"orstream-{self.site}-{self.room}-{self.stream}"
+
+    def _prefix(self) -> str:
+        return f"or.{self.site}.{self.room}.{self.stream}"
+
+    def frame(self) -> str:
+        return f"{self._prefix()}.frame"
+
+    def encoded(self, rendition: str = SOURCE_RENDITION) -> str:
+        return f"{self._prefix()}.enc.{check_token(rendition, 'rendition')}"
+
+    def keyframe(self) -> str:
+        return f"{self._prefix()}.keyframe"
+
+    def interest(self) -> str:
+        return f"{self._prefix()}.interest"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def all_frames(site: str) -> str:
+    """Wildcard for every raw-frame notification of a site."""
+    return f"or.{check_token(site, 'site')}.*.*.frame"
+
+
+def all_keyframe_requests(site: str) -> str:
+    return f"or.{check_token(site, 'site')}.*.*.keyframe"
+
+
+def meta_in(site: str, room: str) -> str:
+    return f"or.{check_token(site, 'site')}.{check_token(room, 'room')}.meta.in"
+
+
+def all_meta_in(site: str) -> str:
+    return f"or.{check_token(site, 'site')}.*.meta.in"
+
+
+def meta_role(site: str, room: str, role: str) -> str:
+    return (
+        f"or.{check_token(site, 'site')}.{check_token(room, 'room')}"
+        f".meta.role.{check_token(role, 'role')}"
+    )
+
+
+def annotations(site: str, room: str) -> str:
+    return f"or.{check_token(site, 'site')}.{check_token(room, 'room')}.annot"
+
+
+def audit(site: str, kind: str) -> str:
+    return f"audit.{check_token(site, 'site')}.{check_token(kind, 'kind')}"

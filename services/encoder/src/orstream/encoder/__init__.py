@@ -1,0 +1,1 @@
+"""Encoder: raw frames from the shared-memory ring to H.264 access units on NATS."""

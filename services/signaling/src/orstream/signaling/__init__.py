@@ -1,0 +1,1 @@
+"""Signaling and WebRTC edge: WHEP, identity, access decisions, encode-once fan-out."""

@@ -1,0 +1,119 @@
+"""Encode-once fan-out: one NATS subscription per watched stream, every AU to every peer.
+
+The AU becomes one ``av.Packet``, shared by all peers' tracks; keyframe requests from any number
+of peers (PLI/FIR, a joining peer, a slow peer skipping ahead) become at most one ``.keyframe``
+message per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from fractions import Fraction
+
+import av
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from orstream.common.bus import Bus
+from orstream.common.messages import AccessUnitMeta, MessageError
+from orstream.common.subjects import SOURCE_RENDITION, StreamId
+from orstream.common.telemetry import Counters, HopLatency
+from orstream.signaling.track import AccessUnit, AccessUnitTrack
+
+log = logging.getLogger(__name__)
+
+
+class StreamLatency:
+    """The edge's two hops for one stream; outlives fan-outs so ``/stats`` keeps its history."""
+
+    def __init__(self, stream: StreamId) -> None:
+        attrs = {"site": stream.site, "room": stream.room, "stream": stream.stream}
+        #: AU published by the encoder → received by the edge.
+        self.bus = HopLatency("nats", attrs)
+        #: AU received by the edge → its last RTP packet sent to a peer.
+        self.send = HopLatency("edge", attrs)
+
+VIDEO_TIME_BASE = Fraction(1, 90_000)
+
+
+class StreamFanout:
+    """The edge's end of one stream rendition: a subscription and the tracks it feeds."""
+
+    def __init__(
+        self,
+        stream: StreamId,
+        bus: Bus,
+        counters: Counters,
+        keyframe_interval_s: float,
+        latency: StreamLatency,
+        rendition: str = SOURCE_RENDITION,
+    ) -> None:
+        self.stream = stream
+        self.rendition = rendition
+        self.bus = bus
+        self.counters = counters
+        self.bus_latency = latency.bus
+        self.send_latency = latency.send
+        self.tracks: set[AccessUnitTrack] = set()
+        self._sub: Subscription | None = None
+        self._keyframe_interval_ns = int(keyframe_interval_s * 1e9)
+        self._last_keyframe_request_ns = 0
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._sub = await self.bus.subscribe(self.stream.encoded(self.rendition), self._on_au)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        for track in list(self.tracks):
+            track.stop()
+        self.tracks.clear()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    def attach(self, queue_limit: int) -> AccessUnitTrack:
+        track = AccessUnitTrack(queue_limit, self.request_keyframe, self.send_latency, self.counters)
+        self.tracks.add(track)
+        self.request_keyframe()  # a new peer needs an IDR to start
+        return track
+
+    def detach(self, track: AccessUnitTrack) -> None:
+        self.tracks.discard(track)
+        track.stop()
+
+    def request_keyframe(self) -> None:
+        now = time.monotonic_ns()
+        if now - self._last_keyframe_request_ns < self._keyframe_interval_ns:
+            self.counters.add("keyframe_requests_coalesced")
+            return
+        self._last_keyframe_request_ns = now
+        self.counters.add("keyframe_requests")
+        task = asyncio.get_running_loop().create_task(self.bus.publish(self.stream.keyframe()))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _on_au(self, msg: Msg) -> None:
+        received_ns = time.time_ns()
+        try:
+            meta = AccessUnitMeta.from_headers(msg.headers)
+        except MessageError as exc:
+            self.counters.add("aus_malformed")
+            log.warning("%s: %s", msg.subject, exc)
+            return
+        self.bus_latency.record((received_ns - meta.published_ns) / 1e6, meta.capture_ns)
+        self.counters.add("aus_in")
+        if not self.tracks:
+            return
+        packet = av.Packet(msg.data)
+        packet.pts = meta.pts
+        packet.dts = meta.pts
+        packet.time_base = VIDEO_TIME_BASE
+        if meta.key:
+            packet.is_keyframe = True
+        unit = AccessUnit(packet, meta, received_ns)
+        for track in self.tracks:
+            track.push(unit)

@@ -1,0 +1,79 @@
+"""The signaling/edge service: FastAPI over uvicorn in the same event loop as aiortc."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from orstream.common.health import HttpServer, health_routes
+from orstream.common.registry import Registry
+from orstream.common.runner import ServiceContext
+from orstream.common.telemetry import Counters
+from orstream.common.tokens import load_or_create_signing_key
+from orstream.signaling.api import build_router
+from orstream.signaling.auth import TokenVerifier
+from orstream.signaling.ice import advertise_only
+from orstream.signaling.sessions import SessionManager
+from orstream.signaling.settings import SignalingSettings
+
+log = logging.getLogger(__name__)
+
+
+class SignalingService:
+    name = "signaling"
+    uses_bus = True
+    uses_health_port = False  # /livez /readyz /stats live on the API port
+
+    def __init__(self, settings: SignalingSettings) -> None:
+        self.settings = settings
+        self.counters = Counters("orstream.edge")
+        self.sessions: SessionManager | None = None
+        self.http: HttpServer | None = None
+
+    async def start(self, ctx: ServiceContext) -> None:
+        bus = ctx.require_bus()
+        advertise_only(self.settings.ice_host_addresses)
+        key = load_or_create_signing_key(self.settings.dev_key_path)
+        verifier = TokenVerifier(
+            key.public_key(), self.settings.jwt_issuer, self.settings.jwt_audience,
+            self.settings.jwt_algorithms,
+        )
+        registry = await Registry.open(bus)
+        self.sessions = SessionManager(self.settings, bus, self.counters)
+        app = FastAPI(title="orstream edge", docs_url=None, redoc_url=None)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=self.settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "PATCH", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Location"],
+        )
+        app.include_router(build_router(verifier, self.sessions, registry, self.counters))
+        app.router.routes.extend(health_routes(self.ready, self.stats))
+        self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
+        await self.http.start()
+        ctx.stack.push_async_callback(self.sessions.close_all)
+        ctx.stack.push_async_callback(self.http.stop)  # first: no new sessions while closing
+        log.info("edge on http://%s:%d", self.settings.http_host, self.http.port)
+
+    def ready(self) -> bool:
+        return self.http is not None and self.sessions is not None and self.sessions.bus.connected
+
+    def stats(self, since_ns: int) -> dict[str, Any]:
+        streams: dict[str, Any] = {}
+        if self.sessions is not None:
+            for stream, latency in self.sessions.latency.items():
+                fanout = self.sessions.fanouts.get(stream)
+                streams[str(stream)] = {
+                    "peers": len(fanout.tracks) if fanout else 0,
+                    "nats": latency.bus.summary(since_ns),
+                    "edge": latency.send.summary(since_ns),
+                }
+        return {
+            "sessions": len(self.sessions.sessions) if self.sessions else 0,
+            "streams": streams,
+            "counters": self.counters.snapshot(),
+        }

@@ -1,0 +1,31 @@
+"""Settings of the signaling/edge service (``ORSTREAM_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from orstream.common.config import CommonSettings
+
+DEFAULT_HTTP_PORT = 8081
+#: AUs queued per peer before it is declared slow and skipped to the next keyframe (~160 ms).
+DEFAULT_PEER_QUEUE_AUS = 8
+#: A peer that has not connected this long after its answer is reaped.
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+DEFAULT_KEYFRAME_REQUEST_INTERVAL_S = 0.2
+
+
+class SignalingSettings(CommonSettings):
+    http_host: str = "127.0.0.1"
+    http_port: int = DEFAULT_HTTP_PORT
+    #: Origins allowed to call the API from a browser (the viewer's origin).
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    #: STUN/TURN URLs offered to aiortc's ICE agent; empty: host candidates only (one LAN).
+    ice_servers: list[str] = Field(default_factory=list)
+    #: Advertise only these host addresses in ICE (e.g. a node IP, or 127.0.0.1 in tests);
+    #: empty: every non-loopback interface.
+    ice_host_addresses: list[str] = Field(default_factory=list)
+    peer_queue_aus: int = Field(default=DEFAULT_PEER_QUEUE_AUS, ge=2, le=500)
+    connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
+    keyframe_request_interval_s: float = Field(default=DEFAULT_KEYFRAME_REQUEST_INTERVAL_S, ge=0)
+    #: Algorithms accepted on bearer tokens; never ``none``.
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["ES256"])

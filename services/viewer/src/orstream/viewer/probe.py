@@ -1,0 +1,203 @@
+"""A headless viewer that measures: an aiortc WHEP client that decodes every frame it receives
+and reads the burned-in timecode, giving glass-to-glass latency per frame.
+
+Like a browser, the probe hands a frame to the decoder as soon as the RTP packet carrying the
+marker bit (the last packet of an access unit) is in. aiortc's own jitter buffer waits for the
+first packet of the *next* frame instead, which adds a whole frame interval to every
+measurement; :class:`MarkerJitterBuffer` closes that gap.
+
+Use: ``python -m orstream.viewer.probe URL --token T --seconds 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+import av
+import httpx
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.mediastreams import MediaStreamError
+
+from orstream.common import timecode
+from orstream.common.telemetry import percentiles
+
+log = logging.getLogger(__name__)
+
+WHEP_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 15.0
+
+
+class MarkerJitterBuffer(JitterBuffer):  # type: ignore[misc]
+    """aiortc's jitter buffer, but a frame is complete at its marker-bit packet."""
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        if self._origin is None:
+            return None
+        packets = []
+        timestamp = None
+        for count in range(self.capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None:
+                break
+            if timestamp is not None and packet.timestamp != timestamp:
+                break  # a gap-free run ended without a marker: fall back to the next frame
+            timestamp = packet.timestamp
+            packets.append(packet)
+            if packet.marker:
+                frame = JitterFrame(b"".join(p._data for p in packets), timestamp)
+                self.remove(count + 1)
+                return frame
+        result: JitterFrame | None = super()._remove_frame(sequence_number)
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSample:
+    seq: int
+    capture_ns: int
+    received_ns: int
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.received_ns - self.capture_ns) / 1e6
+
+
+@dataclass
+class ProbeResult:
+    samples: list[FrameSample] = field(default_factory=list)
+    frames_decoded: int = 0
+    frames_unreadable: int = 0
+    connected_ns: int = 0
+
+    def summary(self) -> dict[str, float]:
+        return percentiles(s.latency_ms for s in self.samples)
+
+
+class WhepError(RuntimeError):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"WHEP refused with {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+def read_timecode(frame: av.VideoFrame) -> timecode.Timecode | None:
+    plane = frame.planes[0]
+    luma = np.frombuffer(plane, dtype=np.uint8).reshape(frame.height, plane.line_size)
+    return timecode.read(luma[:, : frame.width])
+
+
+class Probe:
+    """One WHEP session: ``async with Probe(url, token) as p: await p.measure(seconds)``."""
+
+    def __init__(self, whep_url: str, token: str) -> None:
+        self.whep_url = whep_url
+        self.token = token
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.result = ProbeResult()
+        self.resource: str | None = None
+        self._track_ready: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._http = httpx.AsyncClient(timeout=WHEP_TIMEOUT_S)
+
+    async def __aenter__(self) -> Probe:
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        transceiver.receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(
+            capacity=512, is_video=True
+        )
+
+        @self.pc.on("track")  # type: ignore[misc]
+        def on_track(track: object) -> None:
+            if not self._track_ready.done():
+                self._track_ready.set_result(track)
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        response = await self._http.post(
+            self.whep_url,
+            content=self.pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {self.token}"},
+        )
+        if response.status_code != 201:
+            raise WhepError(response.status_code, response.text.strip())
+        self.resource = urljoin(self.whep_url, response.headers["location"])
+        await self.pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+
+    async def measure(self, seconds: float, max_frames: int | None = None) -> ProbeResult:
+        """Receive for ``seconds`` (or ``max_frames``), recording each frame's timecode."""
+        track = await asyncio.wait_for(self._track_ready, CONNECT_TIMEOUT_S)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                frame = await asyncio.wait_for(track.recv(), max(0.01, deadline - time.monotonic()))  # type: ignore[attr-defined]
+            except TimeoutError:
+                break
+            except MediaStreamError:
+                break
+            received_ns = time.time_ns()
+            if not self.result.connected_ns:
+                self.result.connected_ns = received_ns
+            self.result.frames_decoded += 1
+            tc = read_timecode(frame)
+            if tc is None:
+                self.result.frames_unreadable += 1
+                continue
+            self.result.samples.append(FrameSample(tc.seq, tc.capture_ns, received_ns))
+            if max_frames is not None and self.result.frames_decoded >= max_frames:
+                break
+        return self.result
+
+    async def close(self) -> None:
+        if self.resource is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                await self._http.delete(self.resource, headers={"Authorization": f"Bearer {self.token}"})
+            self.resource = None
+        await self.pc.close()
+        await self._http.aclose()
+
+
+async def _main(args: argparse.Namespace) -> int:
+    async with Probe(args.url, args.token) as probe:
+        result = await probe.measure(args.seconds)
+    print(
+        json.dumps(
+            {
+                "glass_to_glass_ms": result.summary(),
+                "frames_decoded": result.frames_decoded,
+                "frames_unreadable": result.frames_unreadable,
+            }
+        )
+    )
+    return 0 if result.samples else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m orstream.viewer.probe", description=__doc__.split("\n")[0])
+    parser.add_argument("url", help="WHEP endpoint, e.g. http://127.0.0.1:8081/whep/site1/or1/endoscope")
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(asyncio.run(_main(args)))
+
+
+if __name__ == "__main__":
+    main()

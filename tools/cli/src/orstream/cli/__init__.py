@@ -1,0 +1,1 @@
+"""The ``orstream`` command: ``up``, ``token``, ``bench``."""

@@ -1,0 +1,150 @@
+"""``orstream``: run the stack, mint development tokens, run benchmarks.
+
+::
+
+    orstream up [--source URL] [--room R] [--stream S] [--viewer-port P] [--edge-port P]
+    orstream token --role R --rooms GLOB [--ttl S] [--sub NAME]
+    orstream bench latency [--seconds S] [--resolution WxH] [--fps F] [--peers N] --json PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from orstream.cli.stack import DEFAULT_EDGE_PORT, DEFAULT_VIEWER_PORT, Stack, StackConfig, StackError, port_or_free
+from orstream.common.config import CommonSettings
+from orstream.common.tokens import DEFAULT_TOKEN_TTL_S, load_or_create_signing_key, mint_token
+
+DEMO_ROLES = ("surgeon", "expert", "student", "ops")
+
+
+def make_token(role: str, rooms: list[str], ttl_s: int = DEFAULT_TOKEN_TTL_S, subject: str | None = None) -> str:
+    settings = CommonSettings()
+    key = load_or_create_signing_key(settings.dev_key_path)
+    return mint_token(
+        key, issuer=settings.jwt_issuer, audience=settings.jwt_audience, role=role, rooms=rooms,
+        subject=subject, ttl_s=ttl_s,
+    )
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    print(make_token(args.role, args.rooms, args.ttl, args.sub))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+    config = StackConfig(
+        site=settings.site,
+        room=args.room,
+        stream=args.stream,
+        source=args.source,
+        nats_url=args.nats_url or (settings.nats_url if "ORSTREAM_NATS_URL" in _env() else None),
+        viewer_port=port_or_free(args.viewer_port, args.host),
+        edge_port=port_or_free(args.edge_port, args.host),
+        host=args.host,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(config)
+    print(f"orstream: starting the stack for {config.site}/{config.room}/{config.stream} …", flush=True)
+    try:
+        stack.start()
+    except StackError as exc:
+        print(f"orstream: could not start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        rooms = [f"{config.site}/*"]
+        tokens = {role: make_token(role, rooms) for role in DEMO_ROLES}
+        print(
+            "\n"
+            f"  NATS      {stack.nats_url}{' (embedded)' if stack.nats else ''}\n"
+            f"  Edge      {stack.edge_url}  (WHEP: {stack.whep_url()})\n"
+            f"  Viewer    {stack.viewer_url}/\n"
+            "\n"
+            f"  Open this in a browser (token for the surgeon role):\n"
+            f"    {stack.viewer_url}/#token={tokens['surgeon']}\n"
+            "\n"
+            "  Tokens for the demo roles (paste into the viewer, or: orstream token --role R --rooms GLOB):\n"
+            + "".join(f"    {role:8s} {token}\n" for role, token in tokens.items())
+            + "\n  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while not stop.is_set():
+            for process in stack.processes:
+                if not process.alive():
+                    print(f"orstream: {process.name} exited ({process.popen.returncode}); stopping", file=sys.stderr)
+                    stop.set()
+            stop.wait(0.5)
+    finally:
+        print("orstream: stopping …", flush=True)
+        stack.stop()
+        print("orstream: stopped", flush=True)
+    return 0
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from orstream.bench import latency
+    except ImportError:
+        print("orstream bench needs the orstream-bench package (part of the workspace)", file=sys.stderr)
+        return 2
+    if args.scenario == "latency":
+        return latency.main(args)
+    return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orstream", description="Live OR video and DICOM context over NATS and WebRTC.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the whole stack on this machine")
+    up.add_argument("--source", default="testpattern:", help="source URL (default: the synthetic endoscope)")
+    up.add_argument("--room", default="or1")
+    up.add_argument("--stream", default="endoscope")
+    up.add_argument("--host", default="127.0.0.1", help="address the edge and viewer listen on")
+    up.add_argument("--viewer-port", type=int, default=DEFAULT_VIEWER_PORT)
+    up.add_argument("--edge-port", type=int, default=DEFAULT_EDGE_PORT)
+    up.add_argument("--nats-url", default=None, help="use this NATS instead of an embedded one")
+    up.set_defaults(func=cmd_up)
+
+    token = sub.add_parser("token", help="mint a development token")
+    token.add_argument("--role", required=True, choices=DEMO_ROLES)
+    token.add_argument("--rooms", required=True, action="append", help="site/room glob, e.g. 'site1/*'")
+    token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL_S, help="seconds")
+    token.add_argument("--sub", default=None, help="subject (user name)")
+    token.set_defaults(func=cmd_token)
+
+    bench = sub.add_parser("bench", help="run a benchmark and write JSON")
+    scenarios = bench.add_subparsers(dest="scenario", required=True)
+    lat = scenarios.add_parser("latency", help="glass-to-glass latency into headless probes")
+    lat.add_argument("--seconds", type=float, default=20.0)
+    lat.add_argument("--warmup", type=float, default=3.0)
+    lat.add_argument("--resolution", default="1280x720")
+    lat.add_argument("--fps", type=float, default=50.0)
+    lat.add_argument("--peers", type=int, default=1)
+    lat.add_argument("--json", required=True, dest="json_path")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()
