@@ -24,7 +24,9 @@ from orstream.common.telemetry import percentiles
 from orstream.viewer.probe import FrameSample, Probe
 
 
-async def _run_probes(stack: Stack, token: str, peers: int, warmup_s: float, seconds: float) -> tuple[list[list[FrameSample]], int, int]:
+async def _run_probes(
+    stack: Stack, token: str, peers: int, warmup_s: float, seconds: float
+) -> tuple[list[list[FrameSample]], int, int]:
     probes: list[Probe] = []
     try:
         for _ in range(peers):
@@ -120,4 +122,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(argparse.Namespace(seconds=10, warmup=2, resolution="1280x720", fps=50, peers=1, json_path="latency.json")))
+    sys.exit(
+        main(
+            argparse.Namespace(
+                seconds=10,
+                warmup=2,
+                resolution="1280x720",
+                fps=50,
+                peers=1,
+                json_path="latency.json",
+            )
+        )
+    )

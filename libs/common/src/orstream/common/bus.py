@@ -44,10 +44,12 @@ class Bus:
             log.warning("nats: %s", exc)
 
         async def on_disconnected() -> None:
-            log.warning("nats: disconnected, reconnecting")
+            log.info("nats: disconnected")
 
         async def on_reconnected() -> None:
-            log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+            log.info(
+                "nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?"
+            )
 
         nc = await nats.connect(
             servers=[u.strip() for u in url.split(",")],

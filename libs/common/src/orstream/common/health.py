@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -62,6 +62,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service runner owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class HttpServer:
     """A uvicorn server run as a task of the current event loop."""
 
@@ -71,8 +79,7 @@ class HttpServer:
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
         )
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -19,6 +19,7 @@ Readers never unlink, so a crashed reader leaves the ring intact for its success
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,9 +88,7 @@ class RingWriter(_Ring):
     """The single writer of a ring (ingest)."""
 
     @classmethod
-    def create(
-        cls, name: str, slot_bytes: int, slot_count: int = DEFAULT_SLOT_COUNT
-    ) -> RingWriter:
+    def create(cls, name: str, slot_bytes: int, slot_count: int = DEFAULT_SLOT_COUNT) -> RingWriter:
         """Create the ring, replacing a stale one of the same name left by a crashed writer."""
         stride = HEADER_BYTES + _align(slot_bytes)
         size = HEADER_BYTES + slot_count * stride
@@ -139,10 +138,8 @@ class RingWriter(_Ring):
     def close(self, unlink: bool = True) -> None:
         self._release()
         if unlink:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self._shm.unlink()
-            except FileNotFoundError:
-                pass
 
 
 class RingReader(_Ring):
@@ -157,6 +154,7 @@ class RingReader(_Ring):
         # Python < 3.13 registers attached segments with the resource tracker, which would
         # unlink the writer's ring when this reader exits; a reader must leave it alone.
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        assert shm.buf is not None
         magic, version, _, slot_count, slot_bytes, _ = RING_HEADER.unpack_from(shm.buf, 0)
         if magic != MAGIC or version != VERSION:
             shm.close()

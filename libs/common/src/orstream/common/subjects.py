@@ -109,7 +109,7 @@ def meta_role(site: str, room: str, role: str) -> str:
     )
 
 
-def annotations(site: str, room: str) -> str:
+def annotation(site: str, room: str) -> str:
     return f"or.{check_token(site, 'site')}.{check_token(room, 'room')}.annot"
 
 

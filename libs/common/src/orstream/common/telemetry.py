@@ -31,7 +31,9 @@ def setup_telemetry(service: str, sample_ratio: float) -> None:
     global _configured
     if _configured:
         return
-    resource = Resource.create({"service.name": f"orstream-{service}", "service.namespace": "orstream"})
+    resource = Resource.create(
+        {"service.name": f"orstream-{service}", "service.namespace": "orstream"}
+    )
     trace.set_tracer_provider(
         TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
     )

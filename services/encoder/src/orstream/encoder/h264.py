@@ -26,8 +26,14 @@ class H264Encoder:
     codec = "h264"
 
     def __init__(
-        self, width: int, height: int, fps: float, bitrate_bps: int, keyframe_interval_s: float,
-        preset: str = "ultrafast", threads: int = 0,
+        self,
+        width: int,
+        height: int,
+        fps: float,
+        bitrate_bps: int,
+        keyframe_interval_s: float,
+        preset: str = "ultrafast",
+        threads: int = 0,
     ) -> None:
         keyint = max(1, round(fps * keyframe_interval_s))
         kbps = bitrate_bps // 1000
@@ -60,4 +66,5 @@ class H264Encoder:
         ]
 
     def close(self) -> None:
-        self._ctx.close()
+        """Flush the encoder (no more frames follow)."""
+        self._ctx.encode(None)

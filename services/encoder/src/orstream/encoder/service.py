@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 from nats.aio.msg import Msg
-
 from orstream.common.messages import FrameReady, MessageError, StreamDescriptor, StreamState
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext
@@ -77,10 +76,18 @@ class EncoderService:
             stream = StreamId(descriptor.site, descriptor.room, descriptor.stream)
             running = self.encoders.get(stream)
             if descriptor.state in (StreamState.LIVE, StreamState.STARTING) and running is None:
-                encoder = StreamEncoder(stream, descriptor.fps, self.settings, bus, loop, self.counters)
+                encoder = StreamEncoder(
+                    stream, descriptor.fps, self.settings, bus, loop, self.counters
+                )
                 encoder.start()
                 self.encoders[stream] = encoder
-                log.info("encoding %s (%dx%d@%g)", stream, descriptor.width, descriptor.height, descriptor.fps)
+                log.info(
+                    "encoding %s (%dx%d@%g)",
+                    stream,
+                    descriptor.width,
+                    descriptor.height,
+                    descriptor.fps,
+                )
             elif descriptor.state == StreamState.STOPPED and running is not None:
                 del self.encoders[stream]
                 task = loop.create_task(running.stop())
@@ -116,7 +123,9 @@ class EncoderService:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        await asyncio.gather(*(encoder.stop() for encoder in self.encoders.values()), *self._retiring)
+        await asyncio.gather(
+            *(encoder.stop() for encoder in self.encoders.values()), *self._retiring
+        )
         self.encoders.clear()
 
     def ready(self) -> bool:

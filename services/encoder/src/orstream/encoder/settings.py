@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from orstream.common.config import CommonSettings
+from pydantic import Field
 
 DEFAULT_BITRATE_BPS = 4_000_000
 DEFAULT_KEYFRAME_INTERVAL_S = 1.0

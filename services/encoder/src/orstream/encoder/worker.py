@@ -18,10 +18,10 @@ import contextlib
 import logging
 import threading
 import time
+
 import av
 import numpy as np
 from opentelemetry import context, propagate, trace
-
 from orstream.common.bus import Bus
 from orstream.common.messages import AccessUnitMeta, FrameReady
 from orstream.common.shm import RingError, RingReader, SlotInfo
@@ -162,8 +162,12 @@ class StreamEncoder:
                     misses = 0
                 if encoder is None:
                     encoder = H264Encoder(
-                        note.width, note.height, self.fps, self.settings.bitrate_bps,
-                        self.settings.keyframe_interval_s, self.settings.x264_preset,
+                        note.width,
+                        note.height,
+                        self.fps,
+                        self.settings.bitrate_bps,
+                        self.settings.keyframe_interval_s,
+                        self.settings.x264_preset,
                         self.settings.threads,
                     )
                 parent = propagate.extract(headers) if headers else None
@@ -210,9 +214,14 @@ class StreamEncoder:
                     propagate.inject(carrier)
                 published_ns = time.time_ns()
                 meta = AccessUnitMeta(
-                    seq=note.seq, pts=unit.pts, key=unit.key, codec=encoder.codec,
-                    capture_ns=note.capture_ns, notified_ns=note.notified_ns,
-                    published_ns=published_ns, traceparent=carrier.get("traceparent"),
+                    seq=note.seq,
+                    pts=unit.pts,
+                    key=unit.key,
+                    codec=encoder.codec,
+                    capture_ns=note.capture_ns,
+                    notified_ns=note.notified_ns,
+                    published_ns=published_ns,
+                    traceparent=carrier.get("traceparent"),
                 )
                 self.loop.call_soon_threadsafe(self._enqueue, (unit.data, meta.to_headers()))
             self.latency.record((published_ns - note.notified_ns) / 1e6, note.capture_ns)

@@ -9,8 +9,7 @@ import time
 from typing import Any
 
 from opentelemetry import propagate, trace
-
-from orstream.common.messages import TRACEPARENT, FrameReady, StreamDescriptor, StreamState
+from orstream.common.messages import FrameReady, StreamDescriptor, StreamState
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext
 from orstream.common.shm import RingWriter
@@ -78,7 +77,11 @@ class IngestService:
                 await self._task
 
     async def _pump(
-        self, ctx: ServiceContext, ring: RingWriter, registry: Registry, descriptor: StreamDescriptor
+        self,
+        ctx: ServiceContext,
+        ring: RingWriter,
+        registry: Registry,
+        descriptor: StreamDescriptor,
     ) -> None:
         bus = ctx.require_bus()
         fmt = self.source.format
@@ -92,8 +95,14 @@ class IngestService:
                     propagate.inject(headers)
                 notified_ns = time.time_ns()
                 note = FrameReady(
-                    ring.name, slot, frame.seq, fmt.width, fmt.height, fmt.pix_fmt,
-                    frame.capture_ns, notified_ns,
+                    ring.name,
+                    slot,
+                    frame.seq,
+                    fmt.width,
+                    fmt.height,
+                    fmt.pix_fmt,
+                    frame.capture_ns,
+                    notified_ns,
                 )
                 with tracer.start_as_current_span("ingest.publish"):
                     await bus.publish(subject, note.encode(), headers or None)
@@ -106,7 +115,9 @@ class IngestService:
 
     def _write(self, ring: RingWriter, frame: RawFrame) -> int:
         fmt = self.source.format
-        return ring.write(frame.seq, frame.capture_ns, fmt.width, fmt.height, fmt.pix_fmt, frame.fill)
+        return ring.write(
+            frame.seq, frame.capture_ns, fmt.width, fmt.height, fmt.pix_fmt, frame.fill
+        )
 
     def ready(self) -> bool:
         return self._live

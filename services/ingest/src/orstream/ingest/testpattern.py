@@ -10,6 +10,7 @@ video (unlike noise or flat colour), cheap enough to generate at 50 fps in a few
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -18,7 +19,6 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import numpy.typing as npt
-
 from orstream.common import timecode
 from orstream.ingest.source import RawFrame, VideoFormat
 
@@ -73,9 +73,13 @@ class TestPattern:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, fps: float = DEFAULT_FPS) -> None:
+    def __init__(
+        self, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, fps: float = DEFAULT_FPS
+    ) -> None:
         if width % 16 or height % 2 or width < 320 or height < 180:
-            raise ValueError(f"test pattern size {width}x{height}: width a multiple of 16, >= 320x180")
+            raise ValueError(
+                f"test pattern size {width}x{height}: width a multiple of 16, >= 320x180"
+            )
         if not 1 <= fps <= 120:
             raise ValueError(f"test pattern fps {fps} out of 1..120")
         self.format = VideoFormat(width, height, fps, "yuv420p")
@@ -139,6 +143,5 @@ class TestPattern:
                 seq += behind
                 log.debug("test pattern fell %d frames behind; skipping ahead", behind)
             capture_ns = time.time_ns()
-            frame_seq = seq
-            yield RawFrame(frame_seq, capture_ns, lambda out, s=frame_seq, c=capture_ns: self.render(s, c, out))
+            yield RawFrame(seq, capture_ns, functools.partial(self.render, seq, capture_ns))
             seq += 1

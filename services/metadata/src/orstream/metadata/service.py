@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 from nats.aio.msg import Msg
-
 from orstream.common.runner import ServiceContext
 from orstream.common.subjects import all_meta_in
 from orstream.common.telemetry import Counters
@@ -34,7 +33,11 @@ class MetadataService:
 
         async def on_meta(msg: Msg) -> None:
             self.counters.add("datasets_in")
-            log.debug("%s: %d bytes of context (not yet de-identified; withheld)", msg.subject, len(msg.data))
+            log.debug(
+                "%s: %d bytes of context (not yet de-identified; withheld)",
+                msg.subject,
+                len(msg.data),
+            )
 
         await bus.subscribe(all_meta_in(self.settings.site), on_meta)
         self._ready = True

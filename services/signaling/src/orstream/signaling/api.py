@@ -13,13 +13,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-
 from orstream.common.messages import StreamState
 from orstream.common.registry import Registry
 from orstream.common.subjects import StreamId
 from orstream.common.telemetry import Counters
 from orstream.signaling.auth import AccessDenied, TokenVerifier
-from orstream.signaling.sessions import OfferRejected, SessionManager
+from orstream.signaling.offer import OfferRejected
+from orstream.signaling.sessions import SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,19 @@ def build_router(
             if d.state != StreamState.STOPPED and identity.may_watch(d.site, d.room):
                 visible.append(
                     {
-                        "site": d.site, "room": d.room, "stream": d.stream, "label": d.label,
-                        "width": d.width, "height": d.height, "fps": d.fps, "state": d.state,
+                        "site": d.site,
+                        "room": d.room,
+                        "stream": d.stream,
+                        "label": d.label,
+                        "width": d.width,
+                        "height": d.height,
+                        "fps": d.fps,
+                        "state": d.state,
                         "whep": f"/whep/{d.site}/{d.room}/{d.stream}",
                     }
                 )
-        return JSONResponse({"role": identity.role, "subject": identity.subject, "streams": visible})
+        return JSONResponse(
+            {"role": identity.role, "subject": identity.subject, "streams": visible}
+        )
 
     return router

@@ -38,14 +38,20 @@ class Identity:
 
     def require_room(self, site: str, room: str) -> None:
         if not self.may_watch(site, room):
-            raise AccessDenied(403, f"role {self.role!r} of {self.subject!r} may not watch {site}/{room}")
+            raise AccessDenied(
+                403, f"role {self.role!r} of {self.subject!r} may not watch {site}/{room}"
+            )
 
 
 class TokenVerifier:
     """Verifies bearer tokens against one public key (the development key, for now)."""
 
     def __init__(
-        self, public_key: ec.EllipticCurvePublicKey, issuer: str, audience: str, algorithms: list[str]
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        issuer: str,
+        audience: str,
+        algorithms: list[str],
     ) -> None:
         if any(alg.lower() == "none" for alg in algorithms):
             raise ValueError("the 'none' algorithm is never accepted")

@@ -15,7 +15,6 @@ from fractions import Fraction
 import av
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-
 from orstream.common.bus import Bus
 from orstream.common.messages import AccessUnitMeta, MessageError
 from orstream.common.subjects import SOURCE_RENDITION, StreamId
@@ -34,6 +33,7 @@ class StreamLatency:
         self.bus = HopLatency("nats", attrs)
         #: AU received by the edge → its last RTP packet sent to a peer.
         self.send = HopLatency("edge", attrs)
+
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
 
@@ -76,7 +76,9 @@ class StreamFanout:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     def attach(self, queue_limit: int) -> AccessUnitTrack:
-        track = AccessUnitTrack(queue_limit, self.request_keyframe, self.send_latency, self.counters)
+        track = AccessUnitTrack(
+            queue_limit, self.request_keyframe, self.send_latency, self.counters
+        )
         self.tracks.add(track)
         self.request_keyframe()  # a new peer needs an IDR to start
         return track

@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-
 from orstream.common.health import HttpServer, health_routes
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext
@@ -38,7 +37,9 @@ class SignalingService:
         advertise_only(self.settings.ice_host_addresses)
         key = load_or_create_signing_key(self.settings.dev_key_path)
         verifier = TokenVerifier(
-            key.public_key(), self.settings.jwt_issuer, self.settings.jwt_audience,
+            key.public_key(),
+            self.settings.jwt_issuer,
+            self.settings.jwt_audience,
             self.settings.jwt_algorithms,
         )
         registry = await Registry.open(bus)

@@ -14,25 +14,21 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpSender, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, OperationError
-
 from orstream.common.bus import Bus
 from orstream.common.subjects import StreamId
 from orstream.common.telemetry import Counters
 from orstream.signaling.auth import Identity
 from orstream.signaling.fanout import StreamFanout, StreamLatency
 from orstream.signaling.ice import configuration
+from orstream.signaling.offer import OfferRejected, validate_offer
 from orstream.signaling.settings import SignalingSettings
 from orstream.signaling.track import AccessUnitTrack
 
 log = logging.getLogger(__name__)
 
 H264_MIME = "video/H264"
-
-
-class OfferRejected(ValueError):
-    """The SDP offer is malformed or cannot be answered; the reason goes back as a 400."""
 
 
 @dataclass(eq=False)
@@ -47,8 +43,12 @@ class PeerSession:
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
-def _h264_preferences() -> list[object]:
-    return [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in (H264_MIME, "video/rtx")]
+def _h264_preferences() -> list[RTCRtpCodecCapability]:
+    return [
+        c
+        for c in RTCRtpSender.getCapabilities("video").codecs
+        if c.mimeType in (H264_MIME, "video/rtx")
+    ]
 
 
 class SessionManager:
@@ -63,11 +63,11 @@ class SessionManager:
         self.latency: dict[StreamId, StreamLatency] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def open(self, identity: Identity, stream: StreamId, offer_sdp: str) -> tuple[PeerSession, str]:
+    async def open(
+        self, identity: Identity, stream: StreamId, offer_sdp: str
+    ) -> tuple[PeerSession, str]:
         """Answer a WHEP offer: returns the session and the SDP answer."""
-        video_lines = sum(1 for line in offer_sdp.splitlines() if line.startswith("m=video"))
-        if video_lines != 1:
-            raise OfferRejected(f"offer must have exactly one video m-line, has {video_lines}")
+        validate_offer(offer_sdp)
         pc = RTCPeerConnection(configuration(self.settings.ice_servers))
         fanout = await self._fanout(stream)
         track = fanout.attach(self.settings.peer_queue_aus)
@@ -79,7 +79,7 @@ class SessionManager:
             transceiver.setCodecPreferences(_h264_preferences())
             # aiortc alone would turn a PLI/FIR into a flag for its own encoder, which pre-encoded
             # AUs never reach; the fan-out turns it into one coalesced request to our encoder.
-            transceiver.sender._send_keyframe = track.keyframe_needed
+            transceiver.sender._send_keyframe = track.keyframe_needed  # type: ignore[method-assign]
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             except InvalidAccessError as exc:
@@ -88,11 +88,16 @@ class SessionManager:
                 raise OfferRejected(f"offer has no H.264 codec this edge can send ({exc})") from exc
             except Exception as exc:  # aiortc raises ValueError, KeyError, IndexError… on bad SDP
                 raise OfferRejected(f"malformed SDP offer: {exc!r}") from exc
-            if transceiver.direction != "sendonly" or transceiver.currentDirection not in (None, "sendonly"):
+            if transceiver.direction != "sendonly" or transceiver.currentDirection not in (
+                None,
+                "sendonly",
+            ):
                 raise OfferRejected("the offer's video m-line must be recvonly (a viewer)")
             answer = await pc.createAnswer()
             if answer is None or "H264" not in answer.sdp or "a=sendonly" not in answer.sdp:
-                raise OfferRejected("cannot answer: the offer's video m-line must be recvonly with H.264")
+                raise OfferRejected(
+                    "cannot answer: the offer's video m-line must be recvonly with H.264"
+                )
             await pc.setLocalDescription(answer)
         except BaseException:
             self._detach(fanout, track)
@@ -102,14 +107,18 @@ class SessionManager:
         self._watch(session)
         self.counters.add("sessions_opened")
         log.info(
-            "session %s: %s (%s) watching %s", session.id[:8], identity.subject, identity.role, stream
+            "session %s: %s (%s) watching %s",
+            session.id[:8],
+            identity.subject,
+            identity.role,
+            stream,
         )
         return session, pc.localDescription.sdp
 
     def _watch(self, session: PeerSession) -> None:
         loop = asyncio.get_running_loop()
 
-        @session.pc.on("connectionstatechange")  # type: ignore[misc]
+        @session.pc.on("connectionstatechange")
         async def on_state() -> None:
             state = session.pc.connectionState
             if state in ("failed", "closed"):
@@ -117,7 +126,7 @@ class SessionManager:
                 await self.close(session.id, reason=f"connection {state}")
 
         def expire(reason: str) -> None:
-            task = loop.create_task(self.close(session.id, reason=reason))
+            task = loop.create_task(self._close_quietly(session.id, reason))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
@@ -141,6 +150,9 @@ class SessionManager:
         self.counters.add("sessions_closed")
         log.info("session %s closed: %s", session.id[:8], reason)
         return True
+
+    async def _close_quietly(self, session_id: str, reason: str) -> None:
+        await self.close(session_id, reason)
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close(sid, "edge stopping") for sid in list(self.sessions)))

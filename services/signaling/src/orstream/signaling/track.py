@@ -12,11 +12,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
-
 from orstream.common.messages import AccessUnitMeta
 from orstream.common.telemetry import Counters, HopLatency
 
@@ -25,12 +25,12 @@ from orstream.common.telemetry import Counters, HopLatency
 class AccessUnit:
     """One encoded AU as the edge received it; ``packet`` is shared by every peer."""
 
-    packet: av.Packet
+    packet: av.Packet[Any]
     meta: AccessUnitMeta
     received_ns: int
 
 
-class AccessUnitTrack(MediaStreamTrack):  # type: ignore[misc]
+class AccessUnitTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(
@@ -76,7 +76,7 @@ class AccessUnitTrack(MediaStreamTrack):  # type: ignore[misc]
         """The peer lost the picture (PLI/FIR): ask the encoder for an IDR."""
         self._request_keyframe()
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         # aiortc calls recv() again right after the previous AU's last RTP packet went out:
         # that moment closes the edge hop of the previous AU.
         if self._in_flight is not None:

@@ -27,7 +27,6 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
-
 from orstream.common import timecode
 from orstream.common.telemetry import percentiles
 
@@ -37,7 +36,7 @@ WHEP_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 15.0
 
 
-class MarkerJitterBuffer(JitterBuffer):  # type: ignore[misc]
+class MarkerJitterBuffer(JitterBuffer):
     """aiortc's jitter buffer, but a frame is complete at its marker-bit packet."""
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
@@ -54,7 +53,7 @@ class MarkerJitterBuffer(JitterBuffer):  # type: ignore[misc]
             timestamp = packet.timestamp
             packets.append(packet)
             if packet.marker:
-                frame = JitterFrame(b"".join(p._data for p in packets), timestamp)
+                frame = JitterFrame(b"".join(p._data for p in packets), timestamp)  # type: ignore[attr-defined]
                 self.remove(count + 1)
                 return frame
         result: JitterFrame | None = super()._remove_frame(sequence_number)
@@ -92,7 +91,7 @@ class WhepError(RuntimeError):
 
 def read_timecode(frame: av.VideoFrame) -> timecode.Timecode | None:
     plane = frame.planes[0]
-    luma = np.frombuffer(plane, dtype=np.uint8).reshape(frame.height, plane.line_size)
+    luma = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(frame.height, plane.line_size)
     return timecode.read(luma[:, : frame.width])
 
 
@@ -121,11 +120,11 @@ class Probe:
 
     async def connect(self) -> None:
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
-        transceiver.receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(
+        transceiver.receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(  # type: ignore[attr-defined]
             capacity=512, is_video=True
         )
 
-        @self.pc.on("track")  # type: ignore[misc]
+        @self.pc.on("track")
         def on_track(track: object) -> None:
             if not self._track_ready.done():
                 self._track_ready.set_result(track)
@@ -168,7 +167,9 @@ class Probe:
     async def close(self) -> None:
         if self.resource is not None:
             with contextlib.suppress(httpx.HTTPError):
-                await self._http.delete(self.resource, headers={"Authorization": f"Bearer {self.token}"})
+                await self._http.delete(
+                    self.resource, headers={"Authorization": f"Bearer {self.token}"}
+                )
             self.resource = None
         await self.pc.close()
         await self._http.aclose()
@@ -190,8 +191,12 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m orstream.viewer.probe", description=__doc__.split("\n")[0])
-    parser.add_argument("url", help="WHEP endpoint, e.g. http://127.0.0.1:8081/whep/site1/or1/endoscope")
+    parser = argparse.ArgumentParser(
+        prog="python -m orstream.viewer.probe", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "url", help="WHEP endpoint, e.g. http://127.0.0.1:8081/whep/site1/or1/endoscope"
+    )
     parser.add_argument("--token", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()

@@ -16,19 +16,33 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from orstream.cli.stack import DEFAULT_EDGE_PORT, DEFAULT_VIEWER_PORT, Stack, StackConfig, StackError, port_or_free
+from orstream.cli.stack import (
+    DEFAULT_EDGE_PORT,
+    DEFAULT_VIEWER_PORT,
+    Stack,
+    StackConfig,
+    StackError,
+    port_or_free,
+)
 from orstream.common.config import CommonSettings
 from orstream.common.tokens import DEFAULT_TOKEN_TTL_S, load_or_create_signing_key, mint_token
 
 DEMO_ROLES = ("surgeon", "expert", "student", "ops")
 
 
-def make_token(role: str, rooms: list[str], ttl_s: int = DEFAULT_TOKEN_TTL_S, subject: str | None = None) -> str:
+def make_token(
+    role: str, rooms: list[str], ttl_s: int = DEFAULT_TOKEN_TTL_S, subject: str | None = None
+) -> str:
     settings = CommonSettings()
     key = load_or_create_signing_key(settings.dev_key_path)
     return mint_token(
-        key, issuer=settings.jwt_issuer, audience=settings.jwt_audience, role=role, rooms=rooms,
-        subject=subject, ttl_s=ttl_s,
+        key,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        role=role,
+        rooms=rooms,
+        subject=subject,
+        ttl_s=ttl_s,
     )
 
 
@@ -53,7 +67,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stack = Stack(config)
-    print(f"orstream: starting the stack for {config.site}/{config.room}/{config.stream} …", flush=True)
+    print(
+        f"orstream: starting the stack for {config.site}/{config.room}/{config.stream} …",
+        flush=True,
+    )
     try:
         stack.start()
     except StackError as exc:
@@ -71,7 +88,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  Open this in a browser (token for the surgeon role):\n"
             f"    {stack.viewer_url}/#token={tokens['surgeon']}\n"
             "\n"
-            "  Tokens for the demo roles (paste into the viewer, or: orstream token --role R --rooms GLOB):\n"
+            "  Tokens for the demo roles (paste into the viewer;"
+            " more with: orstream token --role R --rooms GLOB):\n"
             + "".join(f"    {role:8s} {token}\n" for role, token in tokens.items())
             + "\n  Ctrl-C stops everything.\n",
             flush=True,
@@ -79,7 +97,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         while not stop.is_set():
             for process in stack.processes:
                 if not process.alive():
-                    print(f"orstream: {process.name} exited ({process.popen.returncode}); stopping", file=sys.stderr)
+                    print(
+                        f"orstream: {process.name} exited ({process.popen.returncode}); stopping",
+                        file=sys.stderr,
+                    )
                     stop.set()
             stop.wait(0.5)
     finally:
@@ -99,7 +120,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         from orstream.bench import latency
     except ImportError:
-        print("orstream bench needs the orstream-bench package (part of the workspace)", file=sys.stderr)
+        print(
+            "orstream bench needs the orstream-bench package (part of the workspace)",
+            file=sys.stderr,
+        )
         return 2
     if args.scenario == "latency":
         return latency.main(args)
@@ -107,11 +131,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orstream", description="Live OR video and DICOM context over NATS and WebRTC.")
+    p = argparse.ArgumentParser(
+        prog="orstream", description="Live OR video and DICOM context over NATS and WebRTC."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the whole stack on this machine")
-    up.add_argument("--source", default="testpattern:", help="source URL (default: the synthetic endoscope)")
+    up.add_argument(
+        "--source", default="testpattern:", help="source URL (default: the synthetic endoscope)"
+    )
     up.add_argument("--room", default="or1")
     up.add_argument("--stream", default="endoscope")
     up.add_argument("--host", default="127.0.0.1", help="address the edge and viewer listen on")
@@ -122,7 +150,9 @@ def parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="mint a development token")
     token.add_argument("--role", required=True, choices=DEMO_ROLES)
-    token.add_argument("--rooms", required=True, action="append", help="site/room glob, e.g. 'site1/*'")
+    token.add_argument(
+        "--rooms", required=True, action="append", help="site/room glob, e.g. 'site1/*'"
+    )
     token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL_S, help="seconds")
     token.add_argument("--sub", default=None, help="subject (user name)")
     token.set_defaults(func=cmd_token)

