@@ -21,8 +21,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]
 
@@ -42,8 +48,11 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def stack(nats_url: str, state_dir: Path, tmp_path: Path) -> Iterator[Stack]:
     config = StackConfig(
-        site=f"br{uuid.uuid4().hex[:6]}", nats_url=nats_url, state_dir=state_dir,
-        log_dir=tmp_path / "logs", source="testpattern:?size=1280x720&fps=50",
+        site=f"br{uuid.uuid4().hex[:6]}",
+        nats_url=nats_url,
+        state_dir=state_dir,
+        log_dir=tmp_path / "logs",
+        source="testpattern:?size=1280x720&fps=50",
         ice_host_addresses=["127.0.0.1"],
     )
     with Stack(config) as s:
@@ -55,7 +64,9 @@ def _token(stack: Stack, state_dir: Path, role: str, rooms: list[str]) -> str:
     return mint_token(key, issuer="orstream-dev", audience="orstream", role=role, rooms=rooms)
 
 
-def test_viewer_plays_live_video_with_a_readable_timecode(browser, stack: Stack, state_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_viewer_plays_live_video_with_a_readable_timecode(
+    browser, stack: Stack, state_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
     token = _token(stack, state_dir, "surgeon", [f"{stack.config.site}/*"])
     page = browser.new_page(viewport={"width": 1280, "height": 820})
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+
 from orstream.cli.stack import Stack, StackConfig
 from orstream.common.messages import FrameReady
 from orstream.common.shm import SHM_DIR

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from orstream.common.shm import SHM_DIR, RingError, RingReader, RingWriter, SlotInfo
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import av
 import numpy as np
+
 from orstream.common import timecode
 from orstream.encoder.h264 import H264Encoder
 from orstream.encoder.worker import pts_of

@@ -4,6 +4,7 @@ import asyncio
 
 import numpy as np
 import pytest
+
 from orstream.common import timecode
 from orstream.ingest.sources import SourceError, open_source
 from orstream.ingest.testpattern import TestPattern

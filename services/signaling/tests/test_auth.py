@@ -9,6 +9,7 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from orstream.common.tokens import mint_token
 from orstream.signaling.auth import AccessDenied, TokenVerifier
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
+
 from orstream.common.bus import Bus
 from orstream.common.messages import StreamDescriptor, StreamState
 from orstream.common.registry import Registry

@@ -7,7 +7,9 @@ from orstream.viewer.settings import ViewerSettings
 
 
 async def test_serves_the_app_and_tells_it_where_the_edge_is() -> None:
-    service = ViewerService(ViewerSettings(edge_url="http://edge.example:9000/", room="or7", stream="cam2"))
+    service = ViewerService(
+        ViewerSettings(edge_url="http://edge.example:9000/", room="or7", stream="cam2")
+    )
     transport = httpx.ASGITransport(app=service.app())
     async with httpx.AsyncClient(transport=transport, base_url="http://viewer") as client:
         page = await client.get("/")
@@ -15,7 +17,12 @@ async def test_serves_the_app_and_tells_it_where_the_edge_is() -> None:
         assert '<script type="module" src="app.js">' in page.text
         assert "https://" not in page.text, "no external resources: hospital networks are closed"
         config = (await client.get("/config.json")).json()
-        assert config == {"edgeUrl": "http://edge.example:9000", "site": "site1", "room": "or7", "stream": "cam2"}
+        assert config == {
+            "edgeUrl": "http://edge.example:9000",
+            "site": "site1",
+            "room": "or7",
+            "stream": "cam2",
+        }
         for asset in ("app.js", "timecode.js", "style.css"):
             response = await client.get(f"/{asset}")
             assert response.status_code == 200

@@ -22,17 +22,40 @@ from orstream.common.shm import SHM_DIR
 def _orstream(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "orstream.cli.main", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
 def test_token_is_a_signed_jwt_for_the_role(state_dir: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "orstream.cli.main", "token", "--role", "student", "--rooms", "site1/or*", "--ttl", "60", "--sub", "lecture-hall-2"],
-        capture_output=True, text=True, check=True, env=dict(os.environ),
+        [
+            sys.executable,
+            "-m",
+            "orstream.cli.main",
+            "token",
+            "--role",
+            "student",
+            "--rooms",
+            "site1/or*",
+            "--ttl",
+            "60",
+            "--sub",
+            "lecture-hall-2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ),
     ).stdout.strip()
     claims = jwt.decode(out, options={"verify_signature": False})
-    assert (claims["role"], claims["rooms"], claims["sub"]) == ("student", ["site1/or*"], "lecture-hall-2")
+    assert (claims["role"], claims["rooms"], claims["sub"]) == (
+        "student",
+        ["site1/or*"],
+        "lecture-hall-2",
+    )
     assert 55 <= claims["exp"] - claims["iat"] <= 60
     assert (state_dir / "dev-signing-key.pem").stat().st_mode & 0o777 == 0o600
 
@@ -40,7 +63,8 @@ def test_token_is_a_signed_jwt_for_the_role(state_dir: Path) -> None:
 def test_token_refuses_an_unknown_role() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "orstream.cli.main", "token", "--role", "admin", "--rooms", "*"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "invalid choice: 'admin'" in result.stderr

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orstream.common.subjects import TOKEN_PATTERN
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orstream.common.subjects import TOKEN_PATTERN
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_HEALTH_HOST = "127.0.0.1"

@@ -9,6 +9,7 @@ import time
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
+
 from orstream.common.bus import Bus
 from orstream.common.messages import MessageError, StreamDescriptor
 from orstream.common.subjects import REGISTRY_BUCKET, StreamId

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from nats.aio.msg import Msg
+
 from orstream.common.messages import FrameReady, MessageError, StreamDescriptor, StreamState
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from orstream.common.config import CommonSettings
 from pydantic import Field
+
+from orstream.common.config import CommonSettings
 
 DEFAULT_BITRATE_BPS = 4_000_000
 DEFAULT_KEYFRAME_INTERVAL_S = 1.0

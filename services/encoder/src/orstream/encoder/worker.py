@@ -22,6 +22,7 @@ import time
 import av
 import numpy as np
 from opentelemetry import context, propagate, trace
+
 from orstream.common.bus import Bus
 from orstream.common.messages import AccessUnitMeta, FrameReady
 from orstream.common.shm import RingError, RingReader, SlotInfo

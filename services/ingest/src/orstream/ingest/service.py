@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from opentelemetry import propagate, trace
+
 from orstream.common.messages import FrameReady, StreamDescriptor, StreamState
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import numpy.typing as npt
+
 from orstream.common import timecode
 from orstream.ingest.source import RawFrame, VideoFormat
 

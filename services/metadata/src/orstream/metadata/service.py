@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from nats.aio.msg import Msg
+
 from orstream.common.runner import ServiceContext
 from orstream.common.subjects import all_meta_in
 from orstream.common.telemetry import Counters

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+
 from orstream.common.messages import StreamState
 from orstream.common.registry import Registry
 from orstream.common.subjects import StreamId

@@ -15,6 +15,7 @@ from fractions import Fraction
 import av
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
 from orstream.common.bus import Bus
 from orstream.common.messages import AccessUnitMeta, MessageError
 from orstream.common.subjects import SOURCE_RENDITION, StreamId

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+
 from orstream.common.health import HttpServer, health_routes
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext

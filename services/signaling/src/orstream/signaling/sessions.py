@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpSender, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, OperationError
+
 from orstream.common.bus import Bus
 from orstream.common.subjects import StreamId
 from orstream.common.telemetry import Counters

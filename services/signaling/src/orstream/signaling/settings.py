@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from orstream.common.config import CommonSettings
 from pydantic import Field
+
+from orstream.common.config import CommonSettings
 
 DEFAULT_HTTP_PORT = 8081
 #: AUs queued per peer before it is declared slow and skipped to the next keyframe (~160 ms).

@@ -17,6 +17,7 @@ from typing import Any
 import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
+
 from orstream.common.messages import AccessUnitMeta
 from orstream.common.telemetry import Counters, HopLatency
 

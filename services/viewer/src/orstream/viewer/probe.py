@@ -27,6 +27,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
+
 from orstream.common import timecode
 from orstream.common.telemetry import percentiles
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from orstream.common.health import HttpServer, health_routes
-from orstream.common.runner import ServiceContext
-from orstream.viewer.settings import ViewerSettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+
+from orstream.common.health import HttpServer, health_routes
+from orstream.common.runner import ServiceContext
+from orstream.viewer.settings import ViewerSettings
 
 
 class ViewerService:

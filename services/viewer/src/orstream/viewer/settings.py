@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from orstream.common.config import CommonSettings
 from orstream.common.subjects import TOKEN_PATTERN
-from pydantic import Field
 
 DEFAULT_HTTP_PORT = 8080
 
