@@ -63,6 +63,7 @@ async def test_decoded_frames_arrive_in_order_with_the_timecodes_sent(
     try:
         async with Probe(stack.whep_url(), _token(stack, state_dir)) as probe:
             result = await probe.measure(seconds=6.0)
+            await _picture_loss_becomes_one_keyframe_request(stack, probe)
     finally:
         await nc.drain()
 
@@ -76,6 +77,27 @@ async def test_decoded_frames_arrive_in_order_with_the_timecodes_sent(
     span = seqs[-1] - seqs[0] + 1
     assert len(seqs) / span > 0.9, f"only {len(seqs)} of {span} frames arrived"
     assert all(s.received_ns > s.capture_ns for s in samples)
+
+
+async def _picture_loss_becomes_one_keyframe_request(stack: Stack, probe: Probe) -> None:
+    """Three PLIs in a burst from the peer → one ``.keyframe`` request → one forced IDR."""
+    before_edge = stack.stats("signaling")["counters"]
+    before_encoder = stack.stats("encoder")["counters"]
+    stats = await probe.pc.getStats()
+    ssrc = next(s.ssrc for s in stats.values() if s.type == "inbound-rtp")
+    receiver = probe.pc.getReceivers()[0]
+    for _ in range(3):
+        await receiver._send_rtcp_pli(ssrc)  # what aiortc sends when its decoder loses the picture
+    await probe.measure(seconds=1.0)
+    edge = stack.stats("signaling")["counters"]
+    encoder = stack.stats("encoder")["counters"]
+    assert edge["keyframe_requests"] - before_edge["keyframe_requests"] == 1
+    assert (
+        edge.get("keyframe_requests_coalesced", 0)
+        - before_edge.get("keyframe_requests_coalesced", 0)
+        == 2
+    )
+    assert encoder["keyframes_forced"] - before_encoder["keyframes_forced"] == 1
 
 
 async def test_a_vanished_peer_is_reaped_and_others_keep_playing(
