@@ -20,12 +20,15 @@ Readers never unlink, so a crashed reader leaves the ring intact for its success
 from __future__ import annotations
 
 import contextlib
+import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import TypeVar
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"ORSR"
 VERSION = 1
@@ -80,8 +83,13 @@ class _Ring:
         return int(_GEN.unpack_from(self._buf, _LATEST_OFFSET)[0])
 
     def _release(self) -> None:
-        self._buf.release()
-        self._shm.close()
+        try:
+            self._buf.release()
+            self._shm.close()
+        except BufferError:
+            # A view is still exported (a caller kept one past its callback); the mapping goes
+            # with the process, and the writer still unlinks the name.
+            log.warning("ring %s still has views in use at close", self.name)
 
 
 class RingWriter(_Ring):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -40,6 +41,8 @@ class IngestService:
         self.counters = Counters("orstream.ingest")
         self._live = False
         self._task: asyncio.Task[None] | None = None
+        #: One thread renders/writes frames, so a stop can wait for the frame in flight.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
 
     async def start(self, ctx: ServiceContext) -> None:
         bus = ctx.require_bus()
@@ -76,6 +79,9 @@ class IngestService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # Cancelling the task does not stop a write already running in the thread; the ring
+        # may only be closed once it is done.
+        await asyncio.to_thread(self._writer.shutdown, True)
 
     async def _pump(
         self,
@@ -89,7 +95,9 @@ class IngestService:
         subject = self.stream.frame()
         async for frame in self.source.frames():
             with tracer.start_as_current_span("ingest.capture") as span:
-                slot = await asyncio.to_thread(self._write, ring, frame)
+                slot = await asyncio.get_running_loop().run_in_executor(
+                    self._writer, self._write, ring, frame
+                )
                 headers: dict[str, str] = {}
                 if span.is_recording():
                     span.set_attribute("orstream.seq", frame.seq)
