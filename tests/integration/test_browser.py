@@ -5,6 +5,7 @@ Runs wherever ``/usr/bin/chromium`` exists (CI installs it); screenshots go to `
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from orstream.cli.main import make_token
 from orstream.cli.stack import Stack, StackConfig
-from orstream.common.tokens import load_or_create_signing_key, mint_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 
@@ -36,7 +37,9 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed here (.ci/run installs it)")
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser tests: .ci/run installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed here (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -59,15 +62,10 @@ def stack(nats_url: str, state_dir: Path, tmp_path: Path) -> Iterator[Stack]:
         yield s
 
 
-def _token(stack: Stack, state_dir: Path, role: str, rooms: list[str]) -> str:
-    key = load_or_create_signing_key(state_dir / "dev-signing-key.pem")
-    return mint_token(key, issuer="orstream-dev", audience="orstream", role=role, rooms=rooms)
-
-
 def test_viewer_plays_live_video_with_a_readable_timecode(
     browser, stack: Stack, state_dir: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    token = _token(stack, state_dir, "surgeon", [f"{stack.config.site}/*"])
+    token = make_token("surgeon", [f"{stack.config.site}/*"])
     page = browser.new_page(viewport={"width": 1280, "height": 820})
     try:
         page.goto(f"{stack.viewer_url}/#token={token}")
@@ -88,7 +86,7 @@ def test_viewer_plays_live_video_with_a_readable_timecode(
 
 
 def test_forbidden_room_shows_a_clear_message(browser, stack: Stack, state_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    token = _token(stack, state_dir, "student", ["othersite/*"])
+    token = make_token("student", ["othersite/*"])
     page = browser.new_page()
     try:
         page.goto(f"{stack.viewer_url}/#token={token}")

@@ -17,10 +17,10 @@ import httpx
 import nats
 import pytest
 
+from orstream.cli.main import make_token
 from orstream.cli.stack import Stack, StackConfig
 from orstream.common.messages import FrameReady
 from orstream.common.shm import SHM_DIR
-from orstream.common.tokens import load_or_create_signing_key, mint_token
 from orstream.viewer.probe import Probe
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,11 +42,8 @@ def stack(nats_url: str, state_dir: Path, tmp_path: Path) -> Iterator[Stack]:
     assert not (SHM_DIR / s.stream.ring_name).exists(), "ingest left its ring behind"
 
 
-def _token(stack: Stack, state_dir: Path, role: str = "surgeon") -> str:
-    key = load_or_create_signing_key(state_dir / "dev-signing-key.pem")
-    return mint_token(
-        key, issuer="orstream-dev", audience="orstream", role=role, rooms=[f"{stack.config.site}/*"]
-    )
+def _token(stack: Stack) -> str:
+    return make_token("surgeon", [f"{stack.config.site}/*"])
 
 
 async def test_decoded_frames_arrive_in_order_with_the_timecodes_sent(
@@ -61,7 +58,7 @@ async def test_decoded_frames_arrive_in_order_with_the_timecodes_sent(
 
     await nc.subscribe(stack.stream.frame(), cb=on_frame)
     try:
-        async with Probe(stack.whep_url(), _token(stack, state_dir)) as probe:
+        async with Probe(stack.whep_url(), _token(stack)) as probe:
             result = await probe.measure(seconds=6.0)
             await _picture_loss_becomes_one_keyframe_request(stack, probe)
     finally:
@@ -103,7 +100,7 @@ async def _picture_loss_becomes_one_keyframe_request(stack: Stack, probe: Probe)
 async def test_a_vanished_peer_is_reaped_and_others_keep_playing(
     stack: Stack, state_dir: Path
 ) -> None:
-    token = _token(stack, state_dir)
+    token = _token(stack)
     async with Probe(stack.whep_url(), token) as steady:
         await steady.measure(seconds=1.0)
         doomed = subprocess.Popen(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -11,21 +10,16 @@ import httpx
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
 
+from orstream.cli.main import make_token
+from orstream.cli.stack import free_port
 from orstream.common.bus import Bus
 from orstream.common.messages import StreamDescriptor, StreamState
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext
-from orstream.common.tokens import load_or_create_signing_key, mint_token
 from orstream.signaling.service import SignalingService
 from orstream.signaling.settings import SignalingSettings
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -35,7 +29,7 @@ async def edge(
     settings = SignalingSettings(
         nats_url=nats_url,
         site="apisite",
-        http_port=_free_port(),
+        http_port=free_port(),
         state_dir=state_dir,
         ice_host_addresses=["127.0.0.1"],
     )
@@ -62,17 +56,8 @@ async def edge(
         yield f"http://127.0.0.1:{settings.http_port}", settings, service
 
 
-def _token(
-    settings: SignalingSettings, role: str = "expert", rooms: tuple[str, ...] = ("apisite/*",)
-) -> str:
-    key = load_or_create_signing_key(settings.dev_key_path)
-    return mint_token(
-        key,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        role=role,
-        rooms=list(rooms),
-    )
+def _token(role: str = "expert", rooms: tuple[str, ...] = ("apisite/*",)) -> str:
+    return make_token(role, list(rooms))
 
 
 async def _offer(mime: str | None = None) -> tuple[RTCPeerConnection, str]:
@@ -88,13 +73,13 @@ async def _offer(mime: str | None = None) -> tuple[RTCPeerConnection, str]:
 async def test_refusals_come_in_order_with_reasons(edge) -> None:
     url, settings, service = edge
     pc, sdp = await _offer()
-    good = {"Authorization": f"Bearer {_token(settings)}", "Content-Type": "application/sdp"}
+    good = {"Authorization": f"Bearer {_token()}", "Content-Type": "application/sdp"}
     async with httpx.AsyncClient(base_url=url) as http:
         r = await http.post(
             "/whep/apisite/or1/cam", content=sdp, headers={"Content-Type": "application/sdp"}
         )
         assert (r.status_code, "missing Authorization" in r.text) == (401, True)
-        other_room = {**good, "Authorization": f"Bearer {_token(settings, rooms=('apisite/or9',))}"}
+        other_room = {**good, "Authorization": f"Bearer {_token(rooms=('apisite/or9',))}"}
         r = await http.post("/whep/apisite/or1/cam", content=sdp, headers=other_room)
         assert r.status_code == 403 and "may not watch apisite/or1" in r.text
         r = await http.post("/whep/apisite/or1/nope", content=sdp, headers=good)
@@ -128,7 +113,7 @@ async def test_refusals_come_in_order_with_reasons(edge) -> None:
 async def test_offer_is_answered_and_delete_ends_the_session(edge) -> None:
     url, settings, service = edge
     pc, sdp = await _offer()
-    headers = {"Authorization": f"Bearer {_token(settings)}", "Content-Type": "application/sdp"}
+    headers = {"Authorization": f"Bearer {_token()}", "Content-Type": "application/sdp"}
     async with httpx.AsyncClient(base_url=url) as http:
         r = await http.post("/whep/apisite/or1/cam", content=sdp, headers=headers)
         assert r.status_code == 201, r.text

@@ -26,7 +26,7 @@ from orstream.viewer.probe import FrameSample, Probe
 
 async def _run_probes(
     stack: Stack, token: str, peers: int, warmup_s: float, seconds: float
-) -> tuple[list[list[FrameSample]], int, int]:
+) -> tuple[list[list[FrameSample]], int]:
     probes: list[Probe] = []
     try:
         for _ in range(peers):
@@ -40,8 +40,7 @@ async def _run_probes(
             p.result.samples.clear()
         window_start_ns = time.time_ns()
         await asyncio.gather(*(p.measure(seconds) for p in probes))
-        window_end_ns = time.time_ns()
-        return [p.result.samples for p in probes], window_start_ns, window_end_ns
+        return [p.result.samples for p in probes], window_start_ns
     finally:
         await asyncio.gather(*(p.close() for p in probes), return_exceptions=True)
 
@@ -68,7 +67,7 @@ def run(seconds: float, warmup_s: float, resolution: str, fps: float, peers: int
         os.environ["ORSTREAM_STATE_DIR"] = str(config.state_dir)
         with Stack(config) as stack:
             token = make_token("surgeon", [f"{config.site}/*"])
-            per_peer, start_ns, _ = asyncio.run(_run_probes(stack, token, peers, warmup_s, seconds))
+            per_peer, start_ns = asyncio.run(_run_probes(stack, token, peers, warmup_s, seconds))
             ingest = stack.stats("ingest", start_ns)
             encoder = stack.stats("encoder", start_ns)
             edge = stack.stats("signaling", start_ns)

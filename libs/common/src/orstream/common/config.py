@@ -6,6 +6,7 @@ alone needs, so one environment configures a whole stack.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -22,8 +23,6 @@ DEFAULT_JWT_AUDIENCE = "orstream"
 
 def default_state_dir() -> Path:
     """Where a development stack keeps its local signing key (XDG state dir)."""
-    import os
-
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "orstream"
 

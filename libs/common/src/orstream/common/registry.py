@@ -54,6 +54,3 @@ class Registry:
             if descriptor is not None:
                 out.append(descriptor)
         return out
-
-    async def remove(self, stream: StreamId) -> None:
-        await self.kv.delete(stream.key)

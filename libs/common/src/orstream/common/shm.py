@@ -124,7 +124,7 @@ class RingWriter(_Ring):
 
         Returns the slot written. The frame is produced straight into shared memory: no copy.
         """
-        slot = seq % self.slot_count
+        slot = self.slot_for(seq)
         off = self._slot_offset(slot)
         (gen,) = _GEN.unpack_from(self._buf, off)
         _GEN.pack_into(self._buf, off, gen + 1 if gen % 2 == 0 else gen + 2)  # odd: writing
@@ -176,7 +176,7 @@ class RingReader(_Ring):
         what it keeps (e.g. into an ``av.VideoFrame``). ``None`` means the writer lapped this
         reader during the read (or before it): the frame is dropped, never returned torn.
         """
-        off = self._slot_offset(seq % self.slot_count)
+        off = self._slot_offset(self.slot_for(seq))
         gen, slot_seq, capture_ns, length, width, height, pix_fmt = SLOT_HEADER.unpack_from(
             self._buf, off
         )
@@ -195,14 +195,10 @@ class RingReader(_Ring):
         self._release()
 
 
-def remove_stale(prefix: str = "orstream-") -> list[str]:
-    """Unlink leftover segments whose name starts with ``prefix``; returns their names."""
-    removed = []
-    if SHM_DIR.is_dir():
-        for path in SHM_DIR.glob(f"{prefix}*"):
-            try:
-                path.unlink()
-                removed.append(path.name)
-            except FileNotFoundError:
-                pass
-    return removed
+def unlink_ring(name: str) -> bool:
+    """Unlink the ring ``name`` if a killed writer left it behind; True if there was one."""
+    try:
+        (SHM_DIR / name).unlink()
+    except FileNotFoundError:
+        return False
+    return True

@@ -56,6 +56,17 @@ class StreamId:
             raise ValueError(f"stream key {key!r} is not <site>.<room>.<stream>")
         return cls(*parts)
 
+    @classmethod
+    def from_subject(cls, subject: str) -> StreamId | None:
+        """The stream of ``or.<site>.<room>.<stream>.<kind>…``, or ``None`` if not one."""
+        parts = subject.split(".", 5)
+        if len(parts) < 5 or parts[0] != "or":
+            return None
+        try:
+            return cls(parts[1], parts[2], parts[3])
+        except ValueError:
+            return None
+
     @property
     def key(self) -> str:
         """Key of this stream in the registry bucket."""

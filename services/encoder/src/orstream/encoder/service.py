@@ -26,15 +26,6 @@ from orstream.encoder.worker import StreamEncoder
 log = logging.getLogger(__name__)
 
 
-def _stream_of(subject: str) -> StreamId | None:
-    """``or.<site>.<room>.<stream>.<kind>`` → its stream, or ``None`` if malformed."""
-    parts = subject.split(".")
-    try:
-        return StreamId(parts[1], parts[2], parts[3]) if len(parts) >= 5 else None
-    except ValueError:
-        return None
-
-
 class EncoderService:
     name = "encoder"
     uses_bus = True
@@ -54,7 +45,7 @@ class EncoderService:
         registry = await Registry.open(bus)
 
         async def on_frame(msg: Msg) -> None:
-            stream = _stream_of(msg.subject)
+            stream = StreamId.from_subject(msg.subject)
             encoder = self.encoders.get(stream) if stream else None
             if encoder is None:
                 self.counters.add("frames_unclaimed")
@@ -68,7 +59,7 @@ class EncoderService:
             encoder.offer(note, msg.headers)
 
         async def on_keyframe(msg: Msg) -> None:
-            stream = _stream_of(msg.subject)
+            stream = StreamId.from_subject(msg.subject)
             encoder = self.encoders.get(stream) if stream else None
             if encoder is not None:
                 encoder.request_keyframe()

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpSender, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, OperationError
@@ -40,7 +41,6 @@ class PeerSession:
     pc: RTCPeerConnection
     track: AccessUnitTrack
     fanout: StreamFanout
-    created_ns: int = field(default_factory=time.time_ns)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
@@ -62,7 +62,7 @@ class SessionManager:
         self.sessions: dict[str, PeerSession] = {}
         self.fanouts: dict[StreamId, StreamFanout] = {}
         self.latency: dict[StreamId, StreamLatency] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
 
     async def open(
         self, identity: Identity, stream: StreamId, offer_sdp: str
@@ -127,7 +127,7 @@ class SessionManager:
                 await self.close(session.id, reason=f"connection {state}")
 
         def expire(reason: str) -> None:
-            task = loop.create_task(self._close_quietly(session.id, reason))
+            task = loop.create_task(self.close(session.id, reason))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
@@ -151,9 +151,6 @@ class SessionManager:
         self.counters.add("sessions_closed")
         log.info("session %s closed: %s", session.id[:8], reason)
         return True
-
-    async def _close_quietly(self, session_id: str, reason: str) -> None:
-        await self.close(session_id, reason)
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close(sid, "edge stopping") for sid in list(self.sessions)))

@@ -50,7 +50,6 @@ class AccessUnitTrack(MediaStreamTrack):
         self._in_flight: AccessUnit | None = None
         self._send_latency = send_latency
         self._counters = counters
-        self.sent = 0
 
     def push(self, unit: AccessUnit) -> None:
         """Queue an AU (called by the fan-out for every AU of the stream)."""
@@ -93,7 +92,6 @@ class AccessUnitTrack(MediaStreamTrack):
             await self._ready.wait()
         unit = self._queue.popleft()
         self._in_flight = unit
-        self.sent += 1
         return unit.packet
 
     def stop(self) -> None:

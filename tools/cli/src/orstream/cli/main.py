@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -58,7 +59,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         room=args.room,
         stream=args.stream,
         source=args.source,
-        nats_url=args.nats_url or (settings.nats_url if "ORSTREAM_NATS_URL" in _env() else None),
+        nats_url=args.nats_url
+        or (settings.nats_url if "ORSTREAM_NATS_URL" in os.environ else None),
         viewer_port=port_or_free(args.viewer_port, args.host),
         edge_port=port_or_free(args.edge_port, args.host),
         host=args.host,
@@ -108,12 +110,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.stop()
         print("orstream: stopped", flush=True)
     return 0
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from orstream.common.shm import remove_stale
+from orstream.common.shm import unlink_ring
 from orstream.common.subjects import StreamId
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,6 @@ class StackConfig:
     state_dir: Path | None = None
     #: Services' logs go to files here (None: inherit this process's stderr).
     log_dir: Path | None = None
-    env: dict[str, str] = field(default_factory=dict)
     services: tuple[str, ...] = ("ingest", "encoder", "metadata", "signaling", "viewer")
 
 
@@ -236,7 +236,6 @@ class Stack:
         )
         if c.state_dir is not None:
             env["ORSTREAM_STATE_DIR"] = str(c.state_dir)
-        env.update(c.env)
         return env
 
     def _service_env(self, name: str) -> tuple[dict[str, str], str]:
@@ -245,9 +244,9 @@ class Stack:
         if name == "signaling":
             env["ORSTREAM_HTTP_HOST"] = c.host
             env["ORSTREAM_HTTP_PORT"] = str(self.edge_port)
-            env.setdefault("ORSTREAM_CORS_ORIGINS", f'["{self.viewer_url}"]')
+            env.setdefault("ORSTREAM_CORS_ORIGINS", json.dumps([self.viewer_url]))
             if c.ice_host_addresses:
-                env["ORSTREAM_ICE_HOST_ADDRESSES"] = str(c.ice_host_addresses).replace("'", '"')
+                env["ORSTREAM_ICE_HOST_ADDRESSES"] = json.dumps(c.ice_host_addresses)
             return env, f"{self.edge_url}/readyz"
         if name == "viewer":
             env["ORSTREAM_HTTP_HOST"] = c.host
@@ -306,8 +305,6 @@ class Stack:
         raise StackError(f"{process.name} not ready after {READY_TIMEOUT_S:g} s\n{process.tail()}")
 
     def stats(self, service: str, since_ns: int = 0) -> dict[str, Any]:
-        import json
-
         with urllib.request.urlopen(
             f"{self.stats_url(service)}?since_ns={since_ns}", timeout=5
         ) as r:
@@ -332,7 +329,7 @@ class Stack:
             self.nats.stop()
             self.nats = None
         c = self.config
-        remove_stale(StreamId(c.site, c.room, c.stream).ring_name)
+        unlink_ring(StreamId(c.site, c.room, c.stream).ring_name)
         for f in self._log_files:
             f.close()
         self._log_files.clear()
