@@ -20,6 +20,15 @@ async def test_context_is_taken_in_and_withheld_from_every_role(nats_url: str) -
     settings = MetadataSettings(nats_url=nats_url, site="metasite")
     service = MetadataService(settings)
     observer = await Bus.connect(nats_url, "observer")
+    try:
+        await _check_intake(nats_url, settings, service, observer)
+    finally:
+        await observer.close()
+
+
+async def _check_intake(
+    nats_url: str, settings: MetadataSettings, service: MetadataService, observer: Bus
+) -> None:
     leaked: list[str] = []
 
     async def on_role(msg) -> None:  # type: ignore[no-untyped-def]
@@ -40,5 +49,4 @@ async def test_context_is_taken_in_and_withheld_from_every_role(nats_url: str) -
             await asyncio.sleep(0.05)
         assert service.stats(0)["counters"]["datasets_in"] == 3
     await asyncio.sleep(0.2)
-    await observer.close()
     assert leaked == []

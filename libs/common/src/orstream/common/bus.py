@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 RECONNECT_WAIT_S = 0.5
 CONNECT_TIMEOUT_S = 5.0
 DRAIN_TIMEOUT_S = 5
+FLUSH_TIMEOUT_S = 2
 #: Slow consumers drop rather than grow memory without bound: at most this many pending msgs.
 PENDING_MSGS_LIMIT = 4096
 
@@ -83,9 +84,20 @@ class Bus:
         await self.nc.publish(subject, payload, headers=carrier or None)
 
     async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> Subscription:
-        return await self.nc.subscribe(
+        """Subscribe and wait until the server has the interest registered.
+
+        Without the flush, a message published on another connection right after this returns
+        could reach the server before the SUB and be lost: "ready" would not mean ready.
+        """
+        sub = await self.nc.subscribe(
             subject, queue=queue, cb=handler, pending_msgs_limit=PENDING_MSGS_LIMIT
         )
+        if self.nc.is_connected:
+            try:
+                await self.nc.flush(timeout=FLUSH_TIMEOUT_S)
+            except Exception as exc:  # reconnecting: the SUB is replayed on reconnect anyway
+                log.warning("nats: flush after subscribing to %s failed (%s)", subject, exc)
+        return sub
 
     async def key_value(self, bucket: str, **config: Any) -> KeyValue:
         """Open a KV bucket, creating it with ``config`` if it does not exist yet."""
