@@ -62,7 +62,7 @@ async def test_frames_are_paced_with_consecutive_seqs() -> None:
     seqs = []
 
     async def take() -> None:
-        async for frame in pattern.frames():
+        async for frame in pattern.frames(None):  # type: ignore[arg-type]
             seqs.append(frame.seq)
             if len(seqs) == 5:
                 return

@@ -20,6 +20,12 @@ HDR_CODEC = "Orstream-Codec"
 HDR_CAPTURE_NS = "Orstream-Capture-Ns"
 HDR_NOTIFIED_NS = "Orstream-Notified-Ns"
 HDR_PUBLISHED_NS = "Orstream-Published-Ns"
+HDR_STREAM = "Orstream-Stream"
+HDR_RTP_TS = "Orstream-Rtp-Ts"
+HDR_FLOW = "Orstream-Flow"
+HDR_CONTENT_TYPE = "Content-Type"
+#: ``meta.in`` payloads: a DICOM Part 10 stream (preamble, ``DICM``, group 0002, dataset).
+DICOM_PART10 = "application/dicom"
 
 
 class MessageError(ValueError):
@@ -100,6 +106,51 @@ class AccessUnitMeta(msgspec.Struct, frozen=True):
             raise MessageError(f"malformed access unit headers: {exc!r}") from exc
 
 
+class ContextMeta(msgspec.Struct, frozen=True):
+    """Facts about one ``meta.in`` dataset, carried in NATS headers beside the Part 10 bytes.
+
+    ``rtp_ts`` and ``seq`` tie a DICOM-RTV metadata grain to the video frame it describes (same
+    90 kHz RTP clock; ``seq`` is the frame's seq in the ring, when that frame was received).
+    """
+
+    stream: str
+    capture_ns: int
+    rtp_ts: int | None = None
+    seq: int | None = None
+    flow: str = ""
+
+    def to_headers(self) -> dict[str, str]:
+        headers = {
+            HDR_CONTENT_TYPE: DICOM_PART10,
+            HDR_STREAM: self.stream,
+            HDR_CAPTURE_NS: str(self.capture_ns),
+        }
+        if self.rtp_ts is not None:
+            headers[HDR_RTP_TS] = str(self.rtp_ts)
+        if self.seq is not None:
+            headers[HDR_SEQ] = str(self.seq)
+        if self.flow:
+            headers[HDR_FLOW] = self.flow
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str] | None) -> ContextMeta:
+        if not headers or headers.get(HDR_CONTENT_TYPE) != DICOM_PART10:
+            raise MessageError("context without a DICOM Part 10 content type")
+        try:
+            rtp_ts = headers.get(HDR_RTP_TS)
+            seq = headers.get(HDR_SEQ)
+            return cls(
+                stream=headers[HDR_STREAM],
+                capture_ns=int(headers[HDR_CAPTURE_NS]),
+                rtp_ts=int(rtp_ts) if rtp_ts is not None else None,
+                seq=int(seq) if seq is not None else None,
+                flow=headers.get(HDR_FLOW, ""),
+            )
+        except (KeyError, ValueError) as exc:
+            raise MessageError(f"malformed context headers: {exc!r}") from exc
+
+
 class StreamState(StrEnum):
     STARTING = "starting"
     LIVE = "live"
@@ -119,6 +170,8 @@ class StreamDescriptor(msgspec.Struct, kw_only=True):
     fps: float
     pix_fmt: str
     ring: str
+    bit_depth: int = 8
+    colorimetry: str = ""
     codec: str = "h264"
     renditions: list[str] = msgspec.field(default_factory=lambda: ["src"])
     state: StreamState = StreamState.STARTING
@@ -127,6 +180,8 @@ class StreamDescriptor(msgspec.Struct, kw_only=True):
     study_uid: str = ""
     series_uid: str = ""
     owner: str = ""
+    #: Why the stream is stalled or stopped, for the operator (no patient data).
+    reason: str = ""
     updated_ns: int = 0
 
     def encode(self) -> bytes:

@@ -36,6 +36,9 @@ RING_HEADER = struct.Struct("<4sHHIQQ")  # magic, version, reserved, slot_count,
 SLOT_HEADER = struct.Struct("<QQQQII16s")  # gen, seq, capture_ns, length, width, height, pix_fmt
 HEADER_BYTES = 64
 _GEN = struct.Struct("<Q")
+_SEQ = struct.Struct("<Q")
+#: The seq of a slot that holds no frame (being written, or aborted); no reader asks for it.
+NO_FRAME = 2**64 - 1
 _LATEST_OFFSET = 24
 DEFAULT_SLOT_COUNT = 8
 SHM_DIR = Path("/dev/shm")
@@ -92,6 +95,31 @@ class _Ring:
             log.warning("ring %s still has views in use at close", self.name)
 
 
+class SlotWrite:
+    """A slot being written: fill :attr:`data`, then :meth:`commit` or :meth:`abort` once."""
+
+    __slots__ = ("_ring", "data", "seq", "slot")
+
+    def __init__(self, ring: RingWriter, slot: int, seq: int, data: memoryview) -> None:
+        self._ring = ring
+        self.slot = slot
+        self.seq = seq
+        self.data = data
+
+    def commit(self, capture_ns: int, length: int, width: int, height: int, pix_fmt: str) -> None:
+        if not 0 < length <= self._ring.slot_bytes:
+            self.abort()
+            raise RingError(
+                f"frame of {length} bytes does not fit a {self._ring.slot_bytes}-byte slot"
+            )
+        self.data.release()
+        self._ring._finish(self, capture_ns, length, width, height, pix_fmt)
+
+    def abort(self) -> None:
+        self.data.release()
+        self._ring._finish(self, 0, 0, 0, 0, "")
+
+
 class RingWriter(_Ring):
     """The single writer of a ring (ingest)."""
 
@@ -124,24 +152,51 @@ class RingWriter(_Ring):
 
         Returns the slot written. The frame is produced straight into shared memory: no copy.
         """
+        pending = self.begin(seq)
+        try:
+            length = fill(pending.data)
+        except BaseException:
+            pending.abort()
+            raise
+        pending.commit(capture_ns, length, width, height, pix_fmt)
+        return pending.slot
+
+    def begin(self, seq: int) -> SlotWrite:
+        """Start writing frame ``seq`` into its slot, for a writer that fills it over time.
+
+        An RTP receiver reassembles a frame packet by packet straight into the slot; it then
+        commits the frame, or aborts it (a packet was lost) so no reader ever sees it.
+        """
         slot = self.slot_for(seq)
         off = self._slot_offset(slot)
         (gen,) = _GEN.unpack_from(self._buf, off)
         _GEN.pack_into(self._buf, off, gen + 1 if gen % 2 == 0 else gen + 2)  # odd: writing
+        _SEQ.pack_into(self._buf, off + 8, NO_FRAME)  # the old frame is being overwritten
         data = self._buf[off + HEADER_BYTES : off + HEADER_BYTES + self.slot_bytes]
-        try:
-            length = fill(data)
-        finally:
-            data.release()
-        if not 0 < length <= self.slot_bytes:
-            raise RingError(f"frame of {length} bytes does not fit a {self.slot_bytes}-byte slot")
+        return SlotWrite(self, slot, seq, data)
+
+    def _finish(
+        self,
+        pending: SlotWrite,
+        capture_ns: int,
+        length: int,
+        width: int,
+        height: int,
+        pix_fmt: str,
+    ) -> None:
+        off = self._slot_offset(pending.slot)
         (gen,) = _GEN.unpack_from(self._buf, off)
+        if length <= 0:  # aborted: stable again, holding no frame
+            SLOT_HEADER.pack_into(self._buf, off, gen, NO_FRAME, 0, 0, 0, 0, b"")
+            _GEN.pack_into(self._buf, off, gen + 1)
+            return
+        if length > self.slot_bytes:
+            raise RingError(f"frame of {length} bytes does not fit a {self.slot_bytes}-byte slot")
         SLOT_HEADER.pack_into(
-            self._buf, off, gen, seq, capture_ns, length, width, height, pix_fmt.encode()
+            self._buf, off, gen, pending.seq, capture_ns, length, width, height, pix_fmt.encode()
         )
         _GEN.pack_into(self._buf, off, gen + 1)  # even: stable
-        _GEN.pack_into(self._buf, _LATEST_OFFSET, seq)
-        return slot
+        _GEN.pack_into(self._buf, _LATEST_OFFSET, pending.seq)
 
     def close(self, unlink: bool = True) -> None:
         self._release()

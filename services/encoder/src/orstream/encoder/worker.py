@@ -19,15 +19,14 @@ import logging
 import threading
 import time
 
-import av
-import numpy as np
 from opentelemetry import context, propagate, trace
 
 from orstream.common.bus import Bus
 from orstream.common.messages import AccessUnitMeta, FrameReady
-from orstream.common.shm import RingError, RingReader, SlotInfo
+from orstream.common.shm import RingError, RingReader
 from orstream.common.subjects import SOURCE_RENDITION, StreamId
 from orstream.common.telemetry import Counters, HopLatency
+from orstream.encoder.convert import to_i420
 from orstream.encoder.h264 import VIDEO_CLOCK_HZ, H264Encoder
 from orstream.encoder.settings import EncoderSettings
 
@@ -193,7 +192,7 @@ class StreamEncoder:
     def _encode_one(self, reader: RingReader, encoder: H264Encoder, note: FrameReady) -> bool:
         with tracer.start_as_current_span("encoder.read"):
             try:
-                frame = reader.read(note.seq, _to_video_frame)
+                frame = reader.read(note.seq, to_i420)
             except RingError as exc:
                 self.counters.add("frames_rejected")
                 log.warning("%s: frame %d rejected: %s", self.stream, note.seq, exc)
@@ -230,12 +229,3 @@ class StreamEncoder:
             if unit.key:
                 self.counters.add("keyframes_out")
         return True
-
-
-def _to_video_frame(data: memoryview, info: SlotInfo) -> av.VideoFrame:
-    """Copy an I420 slot into a new frame (the one copy out of shared memory)."""
-    if info.pix_fmt != "yuv420p":
-        raise RingError(f"pixel format {info.pix_fmt} is not supported yet")
-    rows = info.height * 3 // 2
-    planes = np.frombuffer(data, dtype=np.uint8, count=rows * info.width).reshape(rows, info.width)
-    return av.VideoFrame.from_ndarray(planes, format="yuv420p")

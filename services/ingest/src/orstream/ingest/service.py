@@ -1,4 +1,10 @@
-"""The ingest service: one source → one ring + ``.frame`` notifications + a registry entry."""
+"""The ingest service: one source → one ring + ``.frame`` notifications + a registry entry.
+
+The stream's state in the registry follows its source: ``starting`` until the first frame,
+``live`` while frames come, ``stalled`` when they stop (the source keeps trying, and the stream is
+``live`` again with the next frame), ``stopped`` when the source ends or ingest exits. DICOM
+context from the source goes to ``meta.in``; its study/series facts go into the registry.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +17,25 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 
-from orstream.common.messages import FrameReady, StreamDescriptor, StreamState
+from orstream.common.bus import Bus
+from orstream.common.messages import ContextMeta, FrameReady, StreamDescriptor, StreamState
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext
 from orstream.common.shm import RingWriter
-from orstream.common.subjects import StreamId
+from orstream.common.subjects import StreamId, meta_in
 from orstream.common.telemetry import Counters, HopLatency
 from orstream.ingest.settings import IngestSettings
-from orstream.ingest.source import FrameSource, RawFrame
+from orstream.ingest.source import Context, FrameInRing, FrameSource, RawFrame, Stalled
 from orstream.ingest.sources import open_source
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("orstream.ingest")
 
 HOP = "ingest"
+#: A stream is stalled after this many frame intervals without a frame (at least
+#: ``stall_after_s``).
+STALL_FRAMES = 5
+STALL_CHECK_S = 0.25
 
 
 class IngestService:
@@ -39,8 +50,11 @@ class IngestService:
         attrs = {"site": settings.site, "room": settings.room, "stream": settings.stream}
         self.latency = HopLatency(HOP, attrs)
         self.counters = Counters("orstream.ingest")
-        self._live = False
-        self._task: asyncio.Task[None] | None = None
+        self.descriptor: StreamDescriptor | None = None
+        self._registry: Registry | None = None
+        self._started = False
+        self._last_frame_ns = 0
+        self._tasks: list[asyncio.Task[None]] = []
         #: One thread renders/writes frames, so a stop can wait for the frame in flight.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
 
@@ -49,8 +63,8 @@ class IngestService:
         fmt = self.source.format
         ring = RingWriter.create(self.stream.ring_name, fmt.frame_bytes, self.settings.ring_slots)
         ctx.stack.callback(ring.close)
-        registry = await Registry.open(bus)
-        descriptor = StreamDescriptor(
+        self._registry = await Registry.open(bus)
+        self.descriptor = StreamDescriptor(
             site=self.stream.site,
             room=self.stream.room,
             stream=self.stream.stream,
@@ -60,67 +74,134 @@ class IngestService:
             height=fmt.height,
             fps=fmt.fps,
             pix_fmt=fmt.pix_fmt,
+            bit_depth=fmt.bit_depth,
+            colorimetry=fmt.colorimetry,
             ring=ring.name,
         )
-        await registry.announce(descriptor)
+        await self._announce(StreamState.STARTING)
 
         async def withdraw() -> None:
-            descriptor.state = StreamState.STOPPED
             with contextlib.suppress(Exception):
-                await registry.announce(descriptor)
+                await self._announce(StreamState.STOPPED, "ingest stopped")
 
         ctx.stack.push_async_callback(withdraw)
-        self._task = asyncio.create_task(self._pump(ctx, ring, registry, descriptor))
+        self._tasks = [
+            asyncio.create_task(self._pump(ctx, ring)),
+            asyncio.create_task(self._watch_stall()),
+        ]
         ctx.stack.push_async_callback(self._stop)
+        self._started = True
         log.info("ingest %s from %s into ring %s", self.stream, self.source.description, ring.name)
 
+    async def _announce(self, state: StreamState, reason: str = "") -> None:
+        assert self.descriptor is not None
+        assert self._registry is not None
+        if state != self.descriptor.state or reason != self.descriptor.reason:
+            if state != self.descriptor.state:
+                log.info("%s is %s%s", self.stream, state.value, f": {reason}" if reason else "")
+            self.descriptor.state = state
+            self.descriptor.reason = reason
+            await self._registry.announce(self.descriptor)
+
     async def _stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         # Cancelling the task does not stop a write already running in the thread; the ring
         # may only be closed once it is done.
         await asyncio.to_thread(self._writer.shutdown, True)
 
-    async def _pump(
-        self,
-        ctx: ServiceContext,
-        ring: RingWriter,
-        registry: Registry,
-        descriptor: StreamDescriptor,
-    ) -> None:
+    @property
+    def stall_after_s(self) -> float:
+        return max(self.settings.stall_after_s, STALL_FRAMES / max(self.source.format.fps, 1.0))
+
+    async def _watch_stall(self) -> None:
+        """A source that stops delivering frames makes the stream ``stalled`` (not stopped)."""
+        while True:
+            await asyncio.sleep(STALL_CHECK_S)
+            assert self.descriptor is not None
+            if self.descriptor.state != StreamState.LIVE:
+                continue
+            silent_s = (time.monotonic_ns() - self._last_frame_ns) / 1e9
+            if silent_s > self.stall_after_s:
+                self.counters.add("stalls")
+                await self._announce(StreamState.STALLED, f"no frame for {silent_s:.1f} s")
+
+    async def _pump(self, ctx: ServiceContext, ring: RingWriter) -> None:
         bus = ctx.require_bus()
+        loop = asyncio.get_running_loop()
+        try:
+            async for event in self.source.frames(ring):
+                if isinstance(event, RawFrame):
+                    with tracer.start_as_current_span("ingest.capture") as span:
+                        slot = await loop.run_in_executor(self._writer, self._write, ring, event)
+                        await self._notify(bus, ring, event.seq, slot, event.capture_ns, span)
+                elif isinstance(event, FrameInRing):
+                    with tracer.start_as_current_span("ingest.capture") as span:
+                        await self._notify(bus, ring, event.seq, event.slot, event.capture_ns, span)
+                elif isinstance(event, Context):
+                    await self._publish_context(bus, event)
+                elif isinstance(event, Stalled):
+                    self.counters.add("source_stalls")
+                    await self._announce(StreamState.STALLED, event.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s: source failed", self.stream)
+            self.counters.add("source_failures")
+            await self._announce(StreamState.STOPPED, f"source failed: {exc}")
+            return
+        await self._announce(StreamState.STOPPED, "source ended")
+
+    async def _notify(
+        self,
+        bus: Bus,
+        ring: RingWriter,
+        seq: int,
+        slot: int,
+        capture_ns: int,
+        span: trace.Span,
+    ) -> None:
         fmt = self.source.format
-        subject = self.stream.frame()
-        async for frame in self.source.frames():
-            with tracer.start_as_current_span("ingest.capture") as span:
-                slot = await asyncio.get_running_loop().run_in_executor(
-                    self._writer, self._write, ring, frame
-                )
-                headers: dict[str, str] = {}
-                if span.is_recording():
-                    span.set_attribute("orstream.seq", frame.seq)
-                    propagate.inject(headers)
-                notified_ns = time.time_ns()
-                note = FrameReady(
-                    ring.name,
-                    slot,
-                    frame.seq,
-                    fmt.width,
-                    fmt.height,
-                    fmt.pix_fmt,
-                    frame.capture_ns,
-                    notified_ns,
-                )
-                with tracer.start_as_current_span("ingest.publish"):
-                    await bus.publish(subject, note.encode(), headers or None)
-            self.latency.record((notified_ns - frame.capture_ns) / 1e6, frame.capture_ns)
-            self.counters.add("frames_out")
-            if not self._live:
-                self._live = True
-                descriptor.state = StreamState.LIVE
-                await registry.announce(descriptor)
+        headers: dict[str, str] = {}
+        if span.is_recording():
+            span.set_attribute("orstream.seq", seq)
+            propagate.inject(headers)
+        notified_ns = time.time_ns()
+        note = FrameReady(
+            ring.name, slot, seq, fmt.width, fmt.height, fmt.pix_fmt, capture_ns, notified_ns
+        )
+        with tracer.start_as_current_span("ingest.publish"):
+            await bus.publish(self.stream.frame(), note.encode(), headers or None)
+        self.latency.record((notified_ns - capture_ns) / 1e6, capture_ns)
+        self.counters.add("frames_out")
+        self._last_frame_ns = time.monotonic_ns()
+        assert self.descriptor is not None
+        if self.descriptor.state != StreamState.LIVE:
+            await self._announce(StreamState.LIVE)
+
+    async def _publish_context(self, bus: Bus, context: Context) -> None:
+        """The stream's DICOM context goes to ``meta.in`` (metadata service only) as it came."""
+        meta = ContextMeta(
+            stream=self.stream.key,
+            capture_ns=context.capture_ns,
+            rtp_ts=context.rtp_ts,
+            seq=context.seq,
+            flow=context.flow,
+        )
+        await bus.publish(
+            meta_in(self.stream.site, self.stream.room), context.part10, meta.to_headers()
+        )
+        self.counters.add("contexts_out")
+        descriptor = self.descriptor
+        assert descriptor is not None
+        assert self._registry is not None
+        facts = (context.study_uid, context.series_uid, context.modality)
+        if facts != (descriptor.study_uid, descriptor.series_uid, descriptor.modality):
+            descriptor.study_uid, descriptor.series_uid, descriptor.modality = facts
+            await self._registry.announce(descriptor)
 
     def _write(self, ring: RingWriter, frame: RawFrame) -> int:
         fmt = self.source.format
@@ -129,11 +210,12 @@ class IngestService:
         )
 
     def ready(self) -> bool:
-        return self._live
+        return self._started
 
     def stats(self, since_ns: int) -> dict[str, Any]:
         return {
             "stream": self.stream.key,
+            "state": self.descriptor.state.value if self.descriptor else "",
             "hops": {HOP: self.latency.summary(since_ns)},
-            "counters": self.counters.snapshot(),
+            "counters": {**self.counters.snapshot(), **self.source.counters()},
         }

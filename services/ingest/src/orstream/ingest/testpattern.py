@@ -21,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from orstream.common import timecode
-from orstream.ingest.source import RawFrame, VideoFormat
+from orstream.common.shm import RingWriter
+from orstream.ingest.source import RawFrame, SourceEvent, VideoFormat
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,16 @@ def _tissue(width: int, height: int) -> tuple[U8, U8, U8]:
 
 
 class TestPattern:
-    """``testpattern:[?size=WxH&fps=F]`` — the default source."""
+    """``testpattern:[?size=WxH&fps=F&timecode=0|1]`` — the default source."""
 
     __test__ = False  # not a pytest test class
 
     def __init__(
-        self, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, fps: float = DEFAULT_FPS
+        self,
+        width: int = DEFAULT_WIDTH,
+        height: int = DEFAULT_HEIGHT,
+        fps: float = DEFAULT_FPS,
+        burn_timecode: bool = True,
     ) -> None:
         if width % 16 or height % 2 or width < 320 or height < 180:
             raise ValueError(
@@ -84,7 +89,10 @@ class TestPattern:
         if not 1 <= fps <= 120:
             raise ValueError(f"test pattern fps {fps} out of 1..120")
         self.format = VideoFormat(width, height, fps, "yuv420p")
-        self.description = f"testpattern {width}x{height}@{fps:g}"
+        self.burn_timecode = burn_timecode
+        self.description = (
+            f"testpattern {width}x{height}@{fps:g}{'' if burn_timecode else ' (no timecode)'}"
+        )
         self._pan_x = int(width * PAN_FRACTION) // 2 * 2
         self._pan_y = int(height * PAN_FRACTION) // 2 * 2
         self._y, self._u, self._v = _tissue(width + 2 * self._pan_x, height + 2 * self._pan_y)
@@ -97,7 +105,7 @@ class TestPattern:
 
     @classmethod
     def from_url(cls, url: str) -> TestPattern:
-        """Parse ``testpattern:?size=1280x720&fps=50``."""
+        """Parse ``testpattern:?size=1280x720&fps=50&timecode=1``."""
         _, _, query = url.partition(":")
         params = parse_qs(query.lstrip("?"))
         width, height, fps = DEFAULT_WIDTH, DEFAULT_HEIGHT, DEFAULT_FPS
@@ -106,7 +114,8 @@ class TestPattern:
             width, height = int(w), int(h)
         if "fps" in params:
             fps = float(params["fps"][0])
-        return cls(width, height, fps)
+        burn = params.get("timecode", ["1"])[0].lower() not in ("0", "false", "no", "off")
+        return cls(width, height, fps, burn)
 
     def render(self, seq: int, capture_ns: int, out: memoryview) -> int:
         """Draw frame ``seq`` as I420 into ``out``; returns the bytes written."""
@@ -124,11 +133,15 @@ class TestPattern:
         np.copyto(y, 16, where=self._outside_y)
         np.copyto(u, 128, where=self._outside_c)
         np.copyto(v, 128, where=self._outside_c)
-        timecode.burn(y, timecode.Timecode(seq, capture_ns))
-        timecode.neutral_chroma(u, v, w)
+        if self.burn_timecode:
+            timecode.burn(y, timecode.Timecode(seq, capture_ns))
+            timecode.neutral_chroma(u, v, w)
         return self.format.frame_bytes
 
-    async def frames(self) -> AsyncIterator[RawFrame]:
+    def counters(self) -> dict[str, int]:
+        return {"frames_skipped": self.dropped}
+
+    async def frames(self, ring: RingWriter) -> AsyncIterator[SourceEvent]:
         """Frames paced by the monotonic clock; if the consumer falls behind, skip ahead."""
         period_ns = int(1e9 / self.format.fps)
         start = time.monotonic_ns()

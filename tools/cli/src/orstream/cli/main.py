@@ -2,7 +2,7 @@
 
 ::
 
-    orstream up [--source URL] [--room R] [--stream S] [--viewer-port P] [--edge-port P]
+    orstream up [--source [NAME=]URL ...] [--room R] [--stream S] [--viewer-port P] [--edge-port P]
     orstream token --role R --rooms GLOB [--ttl S] [--sub NAME]
     orstream bench latency [--seconds S] [--resolution WxH] [--fps F] [--peers N] --json PATH
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -23,9 +24,11 @@ from orstream.cli.stack import (
     Stack,
     StackConfig,
     StackError,
+    StreamSpec,
     port_or_free,
 )
 from orstream.common.config import CommonSettings
+from orstream.common.subjects import TOKEN_PATTERN
 from orstream.common.tokens import DEFAULT_TOKEN_TTL_S, load_or_create_signing_key, mint_token
 
 DEMO_ROLES = ("surgeon", "expert", "student", "ops")
@@ -52,13 +55,32 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def stream_specs(sources: Sequence[str], first_stream: str) -> list[StreamSpec]:
+    """``[name=]url`` arguments → one stream each; unnamed ones are ``first_stream``, then
+    ``stream2``, ``stream3``… (names must be unique and valid subject tokens)."""
+    specs: list[StreamSpec] = []
+    for i, arg in enumerate(sources or ["testpattern:"]):
+        name, sep, url = arg.partition("=")
+        if not sep or ":" in name or not re.fullmatch(TOKEN_PATTERN, name):
+            name, url = (first_stream if i == 0 else f"stream{i + 1}"), arg
+        specs.append(StreamSpec(name, url))
+    names = [s.stream for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stream names must be unique: {', '.join(names)}")
+    return specs
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     settings = CommonSettings()
+    try:
+        specs = stream_specs(args.source, args.stream)
+    except ValueError as exc:
+        print(f"orstream: {exc}", file=sys.stderr)
+        return 2
     config = StackConfig(
         site=settings.site,
         room=args.room,
-        stream=args.stream,
-        source=args.source,
+        streams=specs,
         nats_url=args.nats_url
         or (settings.nats_url if "ORSTREAM_NATS_URL" in os.environ else None),
         viewer_port=port_or_free(args.viewer_port, args.host),
@@ -70,7 +92,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stack = Stack(config)
     print(
-        f"orstream: starting the stack for {config.site}/{config.room}/{config.stream} …",
+        f"orstream: starting the stack for {config.site}/{config.room}: "
+        + ", ".join(f"{s.stream} ← {s.source}" for s in specs)
+        + " …",
         flush=True,
     )
     try:
@@ -89,7 +113,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             "\n"
             f"  Open this in a browser (token for the surgeon role):\n"
             f"    {stack.viewer_url}/#token={tokens['surgeon']}\n"
-            "\n"
+            + (
+                "  Other streams of the room: add ?stream=NAME before the #: "
+                + ", ".join(s.stream for s in specs[1:])
+                + "\n"
+                if len(specs) > 1
+                else ""
+            )
+            + "\n"
             "  Tokens for the demo roles (paste into the viewer;"
             " more with: orstream token --role R --rooms GLOB):\n"
             + "".join(f"    {role:8s} {token}\n" for role, token in tokens.items())
@@ -134,7 +165,12 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the whole stack on this machine")
     up.add_argument(
-        "--source", default="testpattern:", help="source URL (default: the synthetic endoscope)"
+        "--source",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL",
+        help="a stream's source, repeatable: testpattern:, sdp:PATH, file:PATH[?loop=1], "
+        "dicom:PATH[?loop=1], v4l2:/dev/videoN, lavfi:GRAPH (default: the synthetic endoscope)",
     )
     up.add_argument("--room", default="or1")
     up.add_argument("--stream", default="endoscope")

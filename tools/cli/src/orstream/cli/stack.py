@@ -153,12 +153,22 @@ class EmbeddedNats:
                 self.popen.wait()
 
 
+@dataclass(frozen=True)
+class StreamSpec:
+    """One stream of the room and where its frames come from (one ingest process each)."""
+
+    stream: str
+    source: str
+
+
 @dataclass
 class StackConfig:
     site: str = "site1"
     room: str = "or1"
     stream: str = "endoscope"
     source: str = "testpattern:"
+    #: Several streams, one ingest each; empty means the one ``stream`` from ``source``.
+    streams: list[StreamSpec] = field(default_factory=list)
     nats_url: str | None = None
     viewer_port: int = 0
     edge_port: int = 0
@@ -186,8 +196,18 @@ class Stack:
         self._log_files: list[IO[bytes]] = []
 
     @property
+    def specs(self) -> list[StreamSpec]:
+        c = self.config
+        return c.streams or [StreamSpec(c.stream, c.source)]
+
+    @property
     def stream(self) -> StreamId:
-        return StreamId(self.config.site, self.config.room, self.config.stream)
+        """The room's first stream (the one the viewer opens by default)."""
+        return StreamId(self.config.site, self.config.room, self.specs[0].stream)
+
+    @property
+    def streams(self) -> list[StreamId]:
+        return [StreamId(self.config.site, self.config.room, s.stream) for s in self.specs]
 
     @property
     def edge_url(self) -> str:
@@ -229,8 +249,8 @@ class Stack:
                 "ORSTREAM_NATS_URL": self.nats_url,
                 "ORSTREAM_SITE": c.site,
                 "ORSTREAM_ROOM": c.room,
-                "ORSTREAM_STREAM": c.stream,
-                "ORSTREAM_SOURCE": c.source,
+                "ORSTREAM_STREAM": self.specs[0].stream,
+                "ORSTREAM_SOURCE": self.specs[0].source,
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -238,9 +258,12 @@ class Stack:
             env["ORSTREAM_STATE_DIR"] = str(c.state_dir)
         return env
 
-    def _service_env(self, name: str) -> tuple[dict[str, str], str]:
+    def _service_env(self, name: str, spec: StreamSpec | None = None) -> tuple[dict[str, str], str]:
         c = self.config
         env = self.base_env()
+        if spec is not None:
+            env["ORSTREAM_STREAM"] = spec.stream
+            env["ORSTREAM_SOURCE"] = spec.source
         if name == "signaling":
             env["ORSTREAM_HTTP_HOST"] = c.host
             env["ORSTREAM_HTTP_PORT"] = str(self.edge_port)
@@ -254,7 +277,9 @@ class Stack:
             env["ORSTREAM_EDGE_URL"] = self.edge_url
             return env, f"{self.viewer_url}/readyz"
         port = free_port()
-        self.health_ports[name] = port
+        self.health_ports.setdefault(name, port)
+        if spec is not None:
+            self.health_ports[f"{name}:{spec.stream}"] = port
         env["ORSTREAM_HEALTH_HOST"] = c.host
         env["ORSTREAM_HEALTH_PORT"] = str(port)
         return env, f"http://{c.host}:{port}/readyz"
@@ -266,14 +291,19 @@ class Stack:
                 self.nats = EmbeddedNats(self.workdir, log_file)
                 self.nats_url = self.nats.url
             for name in self.config.services:
-                self.start_service(name)
+                if name == "ingest":
+                    for spec in self.specs:
+                        self.start_service(name, spec)
+                else:
+                    self.start_service(name)
         except BaseException:
             self.stop()
             raise
 
-    def start_service(self, name: str) -> Process:
-        env, ready_url = self._service_env(name)
-        log_file, log_path = self._log_target(name)
+    def start_service(self, name: str, spec: StreamSpec | None = None) -> Process:
+        env, ready_url = self._service_env(name, spec)
+        label = name if spec is None or len(self.specs) == 1 else f"{name}-{spec.stream}"
+        log_file, log_path = self._log_target(label)
         popen = subprocess.Popen(
             [sys.executable, "-m", f"orstream.{name}"],
             env=env,
@@ -282,7 +312,7 @@ class Stack:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        process = Process(name, popen, ready_url, log_path)
+        process = Process(label, popen, ready_url, log_path)
         self.processes.append(process)
         self._await_ready(process)
         return process
@@ -328,8 +358,8 @@ class Stack:
         if self.nats is not None:
             self.nats.stop()
             self.nats = None
-        c = self.config
-        unlink_ring(StreamId(c.site, c.room, c.stream).ring_name)
+        for stream in self.streams:
+            unlink_ring(stream.ring_name)
         for f in self._log_files:
             f.close()
         self._log_files.clear()
