@@ -78,7 +78,7 @@ class IngestService:
             colorimetry=fmt.colorimetry,
             ring=ring.name,
         )
-        await self._announce(StreamState.STARTING)
+        await self._registry.announce(self.descriptor)  # starting
 
         async def withdraw() -> None:
             with contextlib.suppress(Exception):
