@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from io import BytesIO
 from pathlib import Path
 
@@ -15,10 +16,12 @@ pytestmark = pytest.mark.integration
 
 
 def _in_order(indices: list[int]) -> bool:
-    return all(b > a for a, b in zip(indices, indices[1:], strict=False))
+    return all(b > a for a, b in itertools.pairwise(indices))
 
 
-async def test_a_file_plays_in_real_time_then_the_stream_stops(run_ingest, read_index, video_file: Path) -> None:
+async def test_a_file_plays_in_real_time_then_the_stream_stops(
+    run_ingest, read_index, video_file: Path
+) -> None:
     async with run_ingest(f"file:{video_file}", read_index) as run:
         await run.until(lambda: len(run.frames) >= 10, 10, "the first frames")
         first = run.frames[0][0].capture_ns
@@ -100,7 +103,7 @@ def test_sources_that_cannot_be_opened_say_why(tmp_path: Path, dicom_native: Pat
     jpegls = tmp_path / "jpegls.dcm"
     ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xd9"] * int(ds.NumberOfFrames))
     ds.save_as(jpegls, enforce_file_format=True)
-    with pytest.raises(SourceError, match="JPEG-LS Lossless.*not supported; supported: native"):
+    with pytest.raises(SourceError, match=r"JPEG-LS Lossless.*not supported; supported: native"):
         open_source(f"dicom:{jpegls}")
-    with pytest.raises(SourceError, match="this PyAV build has no|cannot open"):
+    with pytest.raises(SourceError, match=r"this PyAV build has no|cannot open"):
         open_source("v4l2:/dev/video99")

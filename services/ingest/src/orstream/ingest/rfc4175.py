@@ -202,6 +202,10 @@ class Rfc4175Receiver:
                         damaged = True
                     continue
                 if ts != frame_ts:
+                    _, line0, offset0 = unpack_segment(pkt, off)
+                    if line0 & 0x7FFF >= height or (offset0 & 0x7FFF) * pg_bytes > line_bytes:
+                        self._complain(f"segment line {line0 & 0x7FFF} outside the picture")
+                        continue  # garbage, not the start of a frame: the open frame goes on
                     # A new frame: the previous one, if still open, lost its marker packet.
                     drop()
                     joined = expected == -1
@@ -210,7 +214,6 @@ class Rfc4175Receiver:
                         stats.packets_lost += gap if gap < HALF_SEQ else 0
                     frame_ts = ts
                     received = 0
-                    _, line0, offset0 = unpack_segment(pkt, off)
                     if line0 & 0x7FFF or offset0 & 0x7FFF:
                         # The frame's first packet is missing (or we joined mid-frame).
                         damaged = True

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,6 +39,10 @@ EVENT_QUEUE = 16
 #: RTP timestamps of recent frames, to tie a metadata grain to its frame's seq.
 RECENT_FRAMES = 256
 MAX_SDP_BYTES = 64 * 1024
+METADATA_BUFFER_BYTES = 4 * 1024 * 1024
+#: How long a metadata grain waits for its video frame to complete, in frame intervals.
+TIE_WAIT_FRAMES = 2
+TIE_POLL_S = 0.001
 
 
 class St2110Source:
@@ -65,6 +70,23 @@ class St2110Source:
         self.video_receiver: Rfc4175Receiver | None = None
         self.metadata_receiver: RtvMetadataReceiver | None = None
         self.events_dropped = 0
+        # Bound now, so a port in use or a group that cannot be joined is refused at start,
+        # and datagrams are queued by the kernel from the moment the service says it is ready.
+        self._sockets: list[socket.socket] = []
+        try:
+            self._sockets.append(open_flow_socket(flow, interface))
+            if (meta_flow := self.session.metadata) is not None:
+                self._sockets.append(
+                    open_flow_socket(meta_flow, interface, buffer_bytes=METADATA_BUFFER_BYTES)
+                )
+        except OSError as exc:
+            self.close()
+            raise SdpError(f"cannot receive {flow.address}:{flow.port}: {exc}") from exc
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
 
     @classmethod
     def from_url(cls, url: str) -> St2110Source:
@@ -102,7 +124,14 @@ class St2110Source:
                 recent.popitem(last=False)
             loop.call_soon_threadsafe(push, FrameInRing(seq, capture_ns, slot))
 
+        tie_wait_s = TIE_WAIT_FRAMES / max(self.video.fps, 1.0)
+
         def on_grain(grain: RtvGrain) -> None:
+            # Runs in the metadata thread. A grain usually arrives while its frame is still
+            # coming in; wait (bounded) for that frame so the context can name its seq.
+            deadline = time.monotonic() + tie_wait_s
+            while grain.rtp_ts not in recent and time.monotonic() < deadline:
+                time.sleep(TIE_POLL_S)
             ds = grain.dataset
             context = Context(
                 part10=grain.part10,
@@ -117,12 +146,10 @@ class St2110Source:
             loop.call_soon_threadsafe(push, context)
 
         stop = threading.Event()
-        sockets: list[socket.socket] = []
         threads: list[threading.Thread] = []
         try:
             video_flow = self.session.video
-            sock = open_flow_socket(video_flow, self.interface)
-            sockets.append(sock)
+            sock = self._sockets[0]
             self.video_receiver = Rfc4175Receiver(
                 sock, self.video, video_flow.payload_type, ring, on_frame, video_flow.sources
             )
@@ -132,8 +159,7 @@ class St2110Source:
                 )
             )
             if (meta_flow := self.session.metadata) is not None:
-                msock = open_flow_socket(meta_flow, self.interface, buffer_bytes=4 * 1024 * 1024)
-                sockets.append(msock)
+                msock = self._sockets[1]
                 self.metadata_receiver = RtvMetadataReceiver(
                     msock, meta_flow.payload_type, on_grain, meta_flow.sources
                 )
@@ -154,5 +180,4 @@ class St2110Source:
             stop.set()
             for thread in threads:
                 await asyncio.to_thread(thread.join)
-            for sock in sockets:
-                sock.close()
+            self.close()
