@@ -216,6 +216,7 @@ class IngestService:
         return {
             "stream": self.stream.key,
             "state": self.descriptor.state.value if self.descriptor else "",
+            "fps": self.source.format.fps,
             "hops": {HOP: self.latency.summary(since_ns)},
             "counters": {**self.counters.snapshot(), **self.source.counters()},
         }

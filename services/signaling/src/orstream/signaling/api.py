@@ -110,6 +110,9 @@ def build_router(
                         "width": d.width,
                         "height": d.height,
                         "fps": d.fps,
+                        # Modality is technical; study/series UIDs identify a patient's study
+                        # and stay out of a listing every role can read.
+                        "modality": d.modality,
                         "state": d.state,
                         "whep": f"/whep/{d.site}/{d.room}/{d.stream}",
                     }

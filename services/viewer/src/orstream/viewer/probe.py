@@ -76,6 +76,8 @@ class FrameSample:
 class ProbeResult:
     samples: list[FrameSample] = field(default_factory=list)
     frames_decoded: int = 0
+    #: Width and height of the last decoded frame.
+    size: tuple[int, int] = (0, 0)
     frames_unreadable: int = 0
     connected_ns: int = 0
 
@@ -156,6 +158,7 @@ class Probe:
             if not self.result.connected_ns:
                 self.result.connected_ns = received_ns
             self.result.frames_decoded += 1
+            self.result.size = (frame.width, frame.height)
             tc = read_timecode(frame)
             if tc is None:
                 self.result.frames_unreadable += 1

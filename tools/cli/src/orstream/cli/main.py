@@ -5,6 +5,7 @@
     orstream up [--source [NAME=]URL ...] [--room R] [--stream S] [--viewer-port P] [--edge-port P]
     orstream token --role R --rooms GLOB [--ttl S] [--sub NAME]
     orstream bench latency [--seconds S] [--resolution WxH] [--fps F] [--peers N] --json PATH
+    orstream bench ingest [--source URL] [--seconds S] --json PATH
 """
 
 from __future__ import annotations
@@ -154,6 +155,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     if args.scenario == "latency":
         return latency.main(args)
+    if args.scenario == "ingest":
+        from orstream.bench import ingest
+
+        return ingest.main(args)
     return 2
 
 
@@ -198,6 +203,14 @@ def parser() -> argparse.ArgumentParser:
     lat.add_argument("--fps", type=float, default=50.0)
     lat.add_argument("--peers", type=int, default=1)
     lat.add_argument("--json", required=True, dest="json_path")
+    ing = scenarios.add_parser("ingest", help="frames, losses and CPU of ingest for a source")
+    ing.add_argument(
+        "--source",
+        default="sdp:bench/sdp/rfc4175-1280x720p50-10bit.sdp",
+        help="source URL; an sdp: source gets a GStreamer sender for the flow it describes",
+    )
+    ing.add_argument("--seconds", type=float, default=20.0)
+    ing.add_argument("--json", required=True, dest="json_path")
     bench.set_defaults(func=cmd_bench)
     return p
 
