@@ -324,3 +324,9 @@ def gst_flow(tmp_path: Path) -> Iterator[Callable[..., GstFlow]]:
 @pytest.fixture(name="st2110_sdp")
 def st2110_sdp_fixture() -> Callable[..., str]:
     return st2110_sdp
+
+
+@pytest.fixture
+def gstreamer() -> str:
+    """Path of ``gst-launch-1.0`` (skips where it is missing, fails in CI)."""
+    return require_gstreamer()
