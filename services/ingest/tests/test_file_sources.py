@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from io import BytesIO
 from pathlib import Path
@@ -107,3 +108,52 @@ def test_sources_that_cannot_be_opened_say_why(tmp_path: Path, dicom_native: Pat
         open_source(f"dicom:{jpegls}")
     with pytest.raises(SourceError, match=r"this PyAV build has no|cannot open"):
         open_source("v4l2:/dev/video99")
+
+
+async def test_a_device_that_disappears_stalls_the_stream_until_it_is_back(
+    nats_url: str, tmp_path: Path, video_file: Path
+) -> None:
+    """A live input whose node vanishes (a capture card unplugged): stalled, reopened, live."""
+    import contextlib
+    import shutil
+
+    from orstream.common.bus import Bus
+    from orstream.common.registry import Registry
+    from orstream.common.runner import ServiceContext
+    from orstream.ingest.avsource import AvSource
+    from orstream.ingest.service import IngestService
+    from orstream.ingest.settings import IngestSettings
+
+    node = tmp_path / "video0.mp4"
+    shutil.copy(video_file, node)
+    device = AvSource(str(node), live=True, paced=True)
+    settings = IngestSettings(nats_url=nats_url, site="devsite", stream="cam", stall_after_s=0.3)
+    service = IngestService(settings, source=device)
+    async with contextlib.AsyncExitStack() as stack:
+        bus = await Bus.connect(nats_url, "ingest")
+        stack.push_async_callback(bus.close)
+        registry = await Registry.open(bus)
+        await service.start(ServiceContext(settings=settings, bus=bus, stack=stack))
+
+        async def state() -> str:
+            d = await registry.get(service.stream)
+            return d.state.value if d else ""
+
+        async def wait_for(wanted: str, timeout_s: float) -> None:
+            for _ in range(int(timeout_s / 0.05)):
+                if await state() == wanted:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"state {await state()!r}, wanted {wanted!r}")
+
+        await wait_for("live", 5)
+        node.unlink()  # unplugged: the open input plays out, then reopening fails
+        await wait_for("stalled", 6)
+        d = await registry.get(service.stream)
+        assert d is not None and "unavailable" in d.reason
+        frames_before = service.counters.snapshot()["frames_out"]
+        shutil.copy(video_file, node)  # plugged back in
+        await wait_for("live", 8)
+        await asyncio.sleep(0.3)
+        assert service.counters.snapshot()["frames_out"] > frames_before
+        assert service.stats(0)["counters"]["reopen_failures"] >= 1
