@@ -159,7 +159,9 @@ class AvSource:
     ) -> Iterator[tuple[av.VideoFrame, float]]:
         """Decoded frames with their presentation time in seconds (runs in a worker thread)."""
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Frame threading holds frames back by the thread count: fine for a file, but a live
+        # input would gain latency, so it only gets slice threading.
+        stream.thread_type = "SLICE" if self.live else "AUTO"
         time_base = float(stream.time_base) if stream.time_base else 1.0 / self.fps
         n = 0
         for packet in container.demux(stream):
