@@ -6,6 +6,7 @@
     orstream token --role R --rooms GLOB [--ttl S] [--sub NAME]
     orstream bench latency [--seconds S] [--resolution WxH] [--fps F] [--peers N] --json PATH
     orstream bench ingest [--source URL] [--seconds S] --json PATH
+    orstream bench encoder [--seconds S] --json PATH
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from orstream.bench import ingest
 
         return ingest.main(args)
+    if args.scenario == "encoder":
+        from orstream.bench import encoder
+
+        return encoder.main(args)
     return 2
 
 
@@ -211,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
     )
     ing.add_argument("--seconds", type=float, default=20.0)
     ing.add_argument("--json", required=True, dest="json_path")
+    enc = scenarios.add_parser("encoder", help="encoded fps per core and encode latency")
+    enc.add_argument("--seconds", type=float, default=5.0, help="of video per codec and size")
+    enc.add_argument("--json", required=True, dest="json_path")
     bench.set_defaults(func=cmd_bench)
     return p
 
