@@ -158,3 +158,70 @@ async def test_metadata_grains_are_published_tied_to_their_frames(
         "1.2.826.0.1.3680043.8.498.3002",
         "ES",
     )
+
+
+async def test_repeated_or_reordered_packets_never_make_a_torn_or_lost_frame(
+    tmp_path: Path, run_ingest, st2110_sdp
+) -> None:
+    video_port = udp_port()
+    sdp = tmp_path / "camera.sdp"
+    sdp.write_text(st2110_sdp(video_port, WIDTH, HEIGHT, "25", 8))
+    sender = Sender(video_port, udp_port())
+    base = 1000
+
+    def packets(ts: int, luma: int, lines: list[int]) -> list[bytes]:
+        out = []
+        for n, line in enumerate(lines):
+            marker = 0x80 if n == len(lines) - 1 else 0
+            header = RTP.pack(0x80, 96 | marker, sender.video_seq, ts, 7)
+            sender.video_seq = (sender.video_seq + 1) & 0xFFFF
+            segment = struct.pack("!HHHH", 0, WIDTH * 2, line, 0)
+            out.append(header + segment + bytes([128, luma]) * WIDTH)
+        return out
+
+    try:
+        async with run_ingest(f"sdp:{sdp}", lambda view, info: bytes(view)) as run:
+            sender.frame(base, luma=10)  # a good frame
+            # In sequence, right byte count, but line 6 is line 5 again: line 6 is not covered.
+            torn = packets(base + FRAME_TICKS, 20, [0, 1, 2, 3, 4, 5, 5, *range(7, HEIGHT)])
+            # Frame 3's marker packet arrives after frame 4's first packet (reordered).
+            third = packets(base + 2 * FRAME_TICKS, 30, list(range(HEIGHT)))
+            fourth = packets(base + 3 * FRAME_TICKS, 40, list(range(HEIGHT)))
+            for datagram in [*torn, *third[:-1], fourth[0], third[-1], *fourth[1:]]:
+                sender.sock.sendto(datagram, sender.video)
+            sender.frame(base + 4 * FRAME_TICKS, luma=50)
+            await run.until(lambda: len(run.frames) >= 3, 5, "the good frames")
+            await asyncio.sleep(0.2)
+            counters = run.service.stats(0)["counters"]
+    finally:
+        sender.close()
+    lumas = [picture[1] for _, picture in run.frames]
+    assert lumas == [10, 40, 50], "the torn and the reordered frame were dropped, nothing else"
+    for _, picture in run.frames:
+        assert len(set(picture[1::2])) == 1, "every line of a committed frame is from that frame"
+    assert counters["video_frames_dropped"] == 2
+    assert counters["video_packets_late"] == 1
+
+
+async def test_a_grain_with_a_malformed_identifier_does_not_stop_the_flow(
+    tmp_path: Path, run_ingest, st2110_sdp
+) -> None:
+    video_port, metadata_port = udp_port(), udp_port()
+    sdp = tmp_path / "endoscope.sdp"
+    sdp.write_text(st2110_sdp(video_port, WIDTH, HEIGHT, "25", 8, metadata_port=metadata_port))
+    good = grain(1)
+    ds = pydicom.dcmread(BytesIO(good))
+    ds.file_meta["RTVFlowIdentifier"].VR = "UI"
+    ds.file_meta.RTVFlowIdentifier = "1.2.3.4.5.6.7.8"
+    out = BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=True)
+    sender = Sender(video_port, metadata_port)
+    try:
+        async with run_ingest(f"sdp:{sdp}") as run:
+            sender.grain(1000, out.getvalue())
+            sender.grain(1000 + FRAME_TICKS, good)
+            await run.until(lambda: len(run.contexts) >= 2, 5, "both grains")
+    finally:
+        sender.close()
+    flows = [ContextMeta.from_headers(headers).flow for headers, _ in run.contexts]
+    assert flows == ["", str(FLOW)], "an identifier that is not 16 bytes is no UUID"

@@ -115,3 +115,16 @@ def test_a_non_raw_video_flow_is_refused() -> None:
     text = ANNEX_B.replace("raw/90000", "H264/90000")
     with pytest.raises(SdpError, match="only RFC 4175 raw/90000 video is received"):
         raw_video(parse_session(text).video)
+
+
+def test_each_flow_gets_the_source_filter_of_its_own_destination() -> None:
+    text = (
+        "v=0\ns=two flows\nt=0 0\n"
+        "a=source-filter: incl IN IP4 239.0.0.1 10.0.0.1\n"
+        "a=source-filter: incl IN IP4 239.0.0.2 10.0.0.2\n"
+        "m=video 5004 RTP/AVP 96\nc=IN IP4 239.0.0.1/32\na=rtpmap:96 raw/90000\n"
+        "m=application 5006 RTP/AVP 104\nc=IN IP4 239.0.0.2/32\na=rtpmap:104 dicom/90000\n"
+    )
+    session = parse_session(text)
+    assert session.video.sources == ("10.0.0.1",)
+    assert session.metadata is not None and session.metadata.sources == ("10.0.0.2",)

@@ -44,9 +44,9 @@ def register_tags() -> None:
         add_dict_entries(missing)
 
 
-def uuid_of(value: bytes | None) -> str:
+def uuid_of(value: object) -> str:
     """An RTV Source/Flow Identifier (OB, 16 bytes) as a UUID string, or '' if absent/odd."""
-    if not value or len(value) != 16:
+    if not isinstance(value, bytes | bytearray) or len(value) != 16:
         return ""
     return str(uuid.UUID(bytes=bytes(value)))
 

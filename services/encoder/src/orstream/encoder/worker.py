@@ -193,7 +193,7 @@ class StreamEncoder:
         with tracer.start_as_current_span("encoder.read"):
             try:
                 frame = reader.read(note.seq, to_i420)
-            except RingError as exc:
+            except (RingError, ValueError) as exc:  # a slot that does not hold what it says
                 self.counters.add("frames_rejected")
                 log.warning("%s: frame %d rejected: %s", self.stream, note.seq, exc)
                 return True

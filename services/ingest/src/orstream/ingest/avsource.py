@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import av
@@ -32,9 +32,14 @@ from orstream.ingest.source import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEVICE_FORMATS = frozenset({"lavfi", "avfoundation", "dshow", "v4l2"})
 REOPEN_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+#: A live input session shorter than this is followed by a backoff before reopening.
+MIN_SESSION_S = 1.0
+#: On stop, how long to wait for a read in flight before giving up on freeing its input.
+CLOSE_WAIT_S = 5.0
 #: A frame more than this late against the pacing clock resets the clock (after a stall).
 RESYNC_LATE_S = 0.5
 DEFAULT_FPS = 25.0
@@ -178,7 +183,7 @@ class AvSource:
                 n += 1
                 yield frame, pts
 
-    async def frames(self, ring: RingWriter) -> AsyncIterator[SourceEvent]:
+    async def frames(self, ring: RingWriter) -> AsyncGenerator[SourceEvent, None]:
         fmt = self.format
         seq = 0
         pacer = Pacer()
@@ -190,18 +195,18 @@ class AvSource:
                 if not self.live:
                     raise
                 self._counters.add("reopen_failures")
-                delay = REOPEN_BACKOFF_S[min(attempt, len(REOPEN_BACKOFF_S) - 1)]
                 attempt += 1
                 yield Stalled(f"{self.target} unavailable: {exc}")
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff(attempt))
                 continue
-            attempt = 0
             pacer.reset()
-            decoded = self._decoded(container)
+            started = time.monotonic()
+            session_frames = 0
+            reader = ThreadedIterator(self._decoded(container), container.close)
             try:
                 while True:
                     try:
-                        item = await asyncio.to_thread(next, decoded, None)
+                        item = await reader.next()
                     except (av.FFmpegError, OSError) as exc:
                         self._counters.add("input_errors")
                         log.warning("%s: input failed (%s)", self.target, exc)
@@ -218,11 +223,62 @@ class AvSource:
                     )
                     yield RawFrame(seq, time.time_ns(), filler(frame))
                     seq += 1
+                    session_frames += 1
             finally:
-                container.close()
+                await reader.close()
+            if session_frames == 0 and not self.live:
+                raise AvSourceError(f"{self.target} holds no decodable frame")
             if self.live:
-                continue  # a device that went away: reopen it
+                # A device that went away, or an input that ended: reopen it, but never in a
+                # tight loop (an input that ends at once would otherwise spin).
+                if session_frames == 0 or time.monotonic() - started < MIN_SESSION_S:
+                    attempt += 1
+                    self._counters.add("reopens_backed_off")
+                    await asyncio.sleep(backoff(attempt))
+                else:
+                    attempt = 0
+                continue
             if not self.loop:
                 log.info("%s: end of file", self.target)
                 return
             self._counters.add("loops")
+
+
+def backoff(attempt: int) -> float:
+    return REOPEN_BACKOFF_S[min(max(attempt, 1), len(REOPEN_BACKOFF_S)) - 1]
+
+
+class ThreadedIterator(Generic[T]):
+    """Steps a blocking iterator in a worker thread, and closes its resources only once no step
+    is running: closing an FFmpeg input while a read is still inside it would crash the process."""
+
+    def __init__(self, iterator: Iterator[T], release: Callable[[], None]) -> None:
+        self._iterator = iterator
+        self._release = release
+        self._step: asyncio.Future[T | None] | None = None
+
+    async def next(self) -> T | None:
+        loop = asyncio.get_running_loop()
+        self._step = loop.run_in_executor(None, next, self._iterator, None)
+        # shield: a cancelled consumer must not abandon the step while it runs.
+        item = await asyncio.shield(self._step)
+        self._step = None
+        return item
+
+    async def close(self) -> None:
+        step = self._step
+        if step is not None and not step.done():
+            await asyncio.wait({step}, timeout=CLOSE_WAIT_S)
+            if not step.done():
+                log.warning(
+                    "an input read did not return within %g s; its resources are left to the "
+                    "process exit rather than freed under it",
+                    CLOSE_WAIT_S,
+                )
+                return
+        if step is not None and step.done() and not step.cancelled():
+            step.exception()  # retrieved: a failed last step is not an unhandled error
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+        self._release()

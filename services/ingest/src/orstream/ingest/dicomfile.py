@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from pydicom.uid import (
 
 from orstream.common.shm import RingWriter
 from orstream.ingest.avframes import filler
-from orstream.ingest.avsource import DEFAULT_FPS, Pacer
+from orstream.ingest.avsource import DEFAULT_FPS, Pacer, ThreadedIterator
 from orstream.ingest.source import Context, RawFrame, SourceCounters, SourceEvent, VideoFormat
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,14 @@ class DicomSource:
         if self.video_syntax:
             container = self._open_video()
             try:
-                yield from container.decode(video=0)
+                for packet in container.demux(video=0):
+                    try:
+                        yield from packet.decode()
+                    except av.FFmpegError as exc:
+                        if isinstance(exc, av.error.EOFError):
+                            break
+                        self._counters.add("decode_errors")
+                        log.warning("%s: undecodable packet skipped (%s)", self.path, exc)
             finally:
                 container.close()
         elif self.syntax.is_compressed:
@@ -185,41 +192,43 @@ class DicomSource:
                 array = pixel_array(self.dataset, index=index)
                 yield _native_frame(array, self.dataset, fmt.pix_fmt)
 
-    async def frames(self, ring: RingWriter) -> AsyncIterator[SourceEvent]:
+    async def frames(self, ring: RingWriter) -> AsyncGenerator[SourceEvent, None]:
         ds = self.dataset
         context_at = 0.0
         seq = 0
         pacer = Pacer()
         fmt = self.format
         while True:
-            pictures = self._pictures()
+            pictures = ThreadedIterator(self._pictures(), lambda: None)
             pacer.reset()
             n = 0
-            while True:
-                frame = await asyncio.to_thread(next, pictures, None)
-                if frame is None:
-                    break
-                if time.monotonic() - context_at > CONTEXT_REPEAT_S:
-                    context_at = time.monotonic()
-                    yield Context(
-                        part10=self.header,
-                        capture_ns=time.time_ns(),
-                        study_uid=str(ds.get("StudyInstanceUID", "")),
-                        series_uid=str(ds.get("SeriesInstanceUID", "")),
-                        modality=str(ds.get("Modality", "")),
-                    )
-                await pacer.wait(n / self.fps)
-                n += 1
-                if (frame.width, frame.height, frame.format.name) != (
-                    fmt.width,
-                    fmt.height,
-                    fmt.pix_fmt,
-                ):
-                    frame = await asyncio.to_thread(
-                        frame.reformat, width=fmt.width, height=fmt.height, format=fmt.pix_fmt
-                    )
-                yield RawFrame(seq, time.time_ns(), filler(frame))
-                seq += 1
+            try:
+                while (frame := await pictures.next()) is not None:
+                    if time.monotonic() - context_at > CONTEXT_REPEAT_S:
+                        context_at = time.monotonic()
+                        yield Context(
+                            part10=self.header,
+                            capture_ns=time.time_ns(),
+                            study_uid=str(ds.get("StudyInstanceUID", "")),
+                            series_uid=str(ds.get("SeriesInstanceUID", "")),
+                            modality=str(ds.get("Modality", "")),
+                        )
+                    await pacer.wait(n / self.fps)
+                    n += 1
+                    if (frame.width, frame.height, frame.format.name) != (
+                        fmt.width,
+                        fmt.height,
+                        fmt.pix_fmt,
+                    ):
+                        frame = await asyncio.to_thread(
+                            frame.reformat, width=fmt.width, height=fmt.height, format=fmt.pix_fmt
+                        )
+                    yield RawFrame(seq, time.time_ns(), filler(frame))
+                    seq += 1
+            finally:
+                await pictures.close()
+            if n == 0:
+                raise DicomSourceError(f"{self.path}: no decodable frame")
             if not self.loop:
                 log.info("%s: all %d frames replayed", self.path, n)
                 return

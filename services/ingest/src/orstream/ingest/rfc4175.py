@@ -8,9 +8,9 @@ the segments' pixel data in the same order::
 
 A frame is every packet with one RTP timestamp; the marker bit ends it. Packets are written
 straight into the ring slot of the frame being received (no intermediate frame buffer). A frame
-is committed only if its packets came in sequence, every byte of the picture arrived and the
-marker was seen; otherwise the slot is aborted and the frame counted as dropped, so a torn frame
-never reaches a reader.
+is committed only if its packets came in sequence, their segments covered the picture in raster
+order up to its last byte and the marker was seen; otherwise the slot is aborted and the frame
+counted as dropped, so a torn frame never reaches a reader.
 
 The loop below is the per-packet hot path of the whole system (~80 k packets/s at 720p50
 10-bit): it keeps work per packet to a few struct unpacks and one slice copy, and never touches
@@ -41,6 +41,8 @@ MAX_DATAGRAM_BYTES = 65536
 IDLE_POLL_S = 0.1
 #: A new SSRC is accepted after the current one has been silent this long (sender restarted).
 SSRC_TAKEOVER_NS = 1_000_000_000
+#: This many late packets in a row means the sender's sequence jumped back: resynchronise.
+LATE_RESYNC = 32
 #: Malformed datagrams are logged at most this often, so bad input cannot flood the log.
 LOG_INTERVAL_NS = 5_000_000_000
 
@@ -57,6 +59,7 @@ class FlowStats:
     packets_lost: int = 0
     packets_malformed: int = 0
     packets_foreign: int = 0
+    packets_late: int = 0
     frames_complete: int = 0
     frames_dropped: int = 0
 
@@ -97,6 +100,16 @@ class Rfc4175Receiver:
             )
 
     def run(self, stop: threading.Event) -> None:
+        """Receive until ``stop``; nothing a sender does may end this thread."""
+        while not stop.is_set():
+            try:
+                self._receive(stop)
+            except Exception:
+                self.stats.packets_malformed += 1
+                log.exception("rfc4175: receive loop failed; restarting it")
+                time.sleep(IDLE_POLL_S)
+
+    def _receive(self, stop: threading.Event) -> None:
         video = self.video
         stats = self.stats
         ring = self.ring
@@ -125,6 +138,7 @@ class Rfc4175Receiver:
         ssrc = -1
         ssrc_seen_ns = 0
         expected = -1  # next RTP sequence number; -1 until (re)joined
+        late_run = 0
 
         def drop() -> None:
             """The open frame cannot be completed: free its slot, count it."""
@@ -177,6 +191,11 @@ class Rfc4175Receiver:
                     drop()
                     expected = -1
                     frame_ts = -1
+                elif now_ns - ssrc_seen_ns > SSRC_TAKEOVER_NS:
+                    # The sender was silent: it may have restarted with new sequence numbers.
+                    drop()
+                    expected = -1
+                    frame_ts = -1
                 ssrc_seen_ns = now_ns
                 off = FIXED_BYTES + 4 * (b0 & 0x0F)
                 if b0 & 0x10:
@@ -201,10 +220,23 @@ class Rfc4175Receiver:
                     if ts == frame_ts:
                         damaged = True
                     continue
+                if expected != -1 and (rtp_seq - expected) & 0xFFFF >= HALF_SEQ:
+                    # Late or duplicated: already counted as lost (or already used); it must
+                    # not start a "new frame" that would abort the one being received. A long
+                    # run of them means the sender jumped back: follow it.
+                    stats.packets_late += 1
+                    late_run += 1
+                    if late_run < LATE_RESYNC:
+                        continue
+                    drop()
+                    expected = -1
+                    frame_ts = -1
+                late_run = 0
                 if ts != frame_ts:
                     _, line0, offset0 = unpack_segment(pkt, off)
-                    if line0 & 0x7FFF >= height or (offset0 & 0x7FFF) * pg_bytes > line_bytes:
-                        self._complain(f"segment line {line0 & 0x7FFF} outside the picture")
+                    line0 &= 0x7FFF
+                    if line0 >= height or (offset0 & 0x7FFF) // pg_pixels * pg_bytes >= line_bytes:
+                        self._complain(f"segment line {line0} outside the picture")
                         continue  # garbage, not the start of a frame: the open frame goes on
                     # A new frame: the previous one, if still open, lost its marker packet.
                     drop()
@@ -214,7 +246,7 @@ class Rfc4175Receiver:
                         stats.packets_lost += gap if gap < HALF_SEQ else 0
                     frame_ts = ts
                     received = 0
-                    if line0 & 0x7FFF or offset0 & 0x7FFF:
+                    if line0 or offset0 & 0x7FFF:
                         # The frame's first packet is missing (or we joined mid-frame).
                         damaged = True
                         if not joined:
@@ -249,6 +281,11 @@ class Rfc4175Receiver:
                             damaged = True
                             break
                         dst = line * line_bytes + start
+                        if dst != received:
+                            # Out of raster order, overlapping or repeated: the byte count
+                            # could no longer prove the picture complete.
+                            damaged = True
+                            break
                         slot_mv[dst : dst + length] = mv[data : data + length]
                         data += length
                         received += length

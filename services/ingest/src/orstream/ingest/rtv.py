@@ -35,6 +35,10 @@ MAX_GRAIN_BYTES = 4 * 1024 * 1024
 MAX_DATAGRAM_BYTES = 65536
 IDLE_POLL_S = 0.1
 LOG_INTERVAL_NS = 5_000_000_000
+#: After this long without a packet, or this many late packets in a row, follow the sender's
+#: new sequence numbers (it restarted).
+RESYNC_SILENCE_S = 1.0
+LATE_RESYNC = 32
 
 
 class RtvError(ValueError):
@@ -104,6 +108,16 @@ class RtvMetadataReceiver:
             log.warning("dicom-rtv metadata: %s", why)
 
     def run(self, stop: threading.Event) -> None:
+        """Receive until ``stop``; nothing a sender does may end this thread."""
+        while not stop.is_set():
+            try:
+                self._receive(stop)
+            except Exception:
+                self.stats.packets_malformed += 1
+                log.exception("dicom-rtv metadata: receive loop failed; restarting it")
+                time.sleep(IDLE_POLL_S)
+
+    def _receive(self, stop: threading.Event) -> None:
         stats = self.stats
         pkt = bytearray(MAX_DATAGRAM_BYTES)
         parts: list[bytes] = []
@@ -112,6 +126,8 @@ class RtvMetadataReceiver:
         capture_ns = 0
         expected = -1
         damaged = False
+        late_run = 0
+        last_packet_s = 0.0
         while not stop.is_set():
             try:
                 n, addr = self.sock.recvfrom_into(pkt)
@@ -139,11 +155,27 @@ class RtvMetadataReceiver:
             if b1 & 0x7F != self.payload_type:
                 stats.packets_foreign += 1
                 continue
+            now = time.monotonic()
+            if now - last_packet_s > RESYNC_SILENCE_S:
+                expected = -1  # after a silence the sender may have restarted its sequence
+            last_packet_s = now
+            if expected != -1 and (seq - expected) & 0xFFFF >= 0x8000:
+                stats.packets_late += 1  # late or duplicated: never starts a grain
+                late_run += 1
+                if late_run < LATE_RESYNC:
+                    continue
+                expected = -1
+            late_run = 0
             if ts != grain_ts:
-                if parts:
+                # A gap before a grain's first packet may have taken that grain's start: such a
+                # grain could still parse (cut at an element boundary), so it is not published.
+                gap = expected != -1 and seq != expected
+                if gap:
+                    stats.packets_lost += (seq - expected) & 0xFFFF
+                if parts or damaged:
                     stats.frames_dropped += 1  # the previous grain never saw its marker
                     self._complain("a grain ended without its marker packet; dropped")
-                parts, size, damaged = [], 0, False
+                parts, size, damaged = [], 0, gap
                 grain_ts = ts
                 capture_ns = time.time_ns()
             elif expected != -1 and seq != expected:
@@ -170,20 +202,21 @@ class RtvMetadataReceiver:
     def _deliver(self, part10: bytes, ts: int, capture_ns: int) -> None:
         try:
             ds = read_grain(part10)
+            flow = uuid_of(ds.file_meta.get("RTVFlowIdentifier"))
+            source = uuid_of(ds.file_meta.get("RTVSourceIdentifier"))
         except RtvError as exc:
             self.grains_invalid += 1
             self.stats.frames_dropped += 1
             self._complain(f"dropped a grain: {exc}")
             return
+        except Exception as exc:  # a value pydicom read but cannot convert
+            self.grains_invalid += 1
+            self.stats.frames_dropped += 1
+            self._complain(f"dropped a grain: unreadable RTV Meta Information ({exc!r})")
+            return
         self.stats.frames_complete += 1
-        meta = ds.file_meta
         grain = RtvGrain(
-            dataset=ds,
-            part10=part10,
-            rtp_ts=ts,
-            capture_ns=capture_ns,
-            flow=uuid_of(meta.get("RTVFlowIdentifier")),
-            source=uuid_of(meta.get("RTVSourceIdentifier")),
+            dataset=ds, part10=part10, rtp_ts=ts, capture_ns=capture_ns, flow=flow, source=source
         )
         try:
             self.on_grain(grain)

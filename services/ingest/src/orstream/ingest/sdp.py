@@ -107,7 +107,7 @@ def parse_session(text: str) -> Session:
         raise SdpError("not an SDP: it must start with v=0")
     name = ""
     session_addr: str | None = None
-    session_sources: tuple[str, ...] = ()
+    session_filters: list[tuple[str, tuple[str, ...]]] = []
     sections: list[dict[str, object]] = []
     current: dict[str, object] | None = None
     for line in lines:
@@ -128,11 +128,8 @@ def parse_session(text: str) -> Session:
         elif kind == "a":
             attr, _, arg = value.partition(":")
             if attr == "source-filter":
-                sources = _source_filter(arg)
-                if current is None:
-                    session_sources = sources
-                else:
-                    current["sources"] = sources
+                target = session_filters if current is None else current.setdefault("filters", [])
+                target.append(_source_filter(arg))  # type: ignore[attr-defined]
             elif current is not None:
                 if attr == "rtpmap":
                     pt, _, enc = arg.partition(" ")
@@ -142,7 +139,7 @@ def parse_session(text: str) -> Session:
                     current["fmtp"][pt] = params  # type: ignore[index]
                 elif attr == "mid":
                     current["mid"] = arg
-    flows = tuple(_flow(section, session_addr, session_sources) for section in sections)
+    flows = tuple(_flow(section, session_addr, session_filters) for section in sections)
     if not flows:
         raise SdpError("the SDP describes no media (no m= line)")
     return Session(name=name, flows=flows)
@@ -160,18 +157,29 @@ def _connection_address(value: str) -> str:
     return address
 
 
-def _source_filter(arg: str) -> tuple[str, ...]:
-    # a=source-filter: incl IN IP4 <dest> <src1> [<src2> ...]   (RFC 4570)
+def _source_filter(arg: str) -> tuple[str, tuple[str, ...]]:
+    """``a=source-filter: incl IN IP4 <dest> <src1> [<src2> ...]`` (RFC 4570) → dest, sources."""
     parts = arg.split()
     if len(parts) < 5 or parts[1] != "IN":
         raise SdpError(f"malformed a=source-filter:{arg}")
     if parts[0] != "incl":
         raise SdpError("only a=source-filter: incl is supported (excl filters are not)")
-    return tuple(parts[4:])
+    return parts[3], tuple(parts[4:])
+
+
+def _sources_for(address: str, filters: list[tuple[str, tuple[str, ...]]]) -> tuple[str, ...]:
+    """The senders the filters allow for destination ``address`` (``*`` matches any)."""
+    out: list[str] = []
+    for dest, sources in filters:
+        if dest in (address, "*"):
+            out += [s for s in sources if s not in out]
+    return tuple(out)
 
 
 def _flow(
-    section: dict[str, object], session_addr: str | None, session_sources: tuple[str, ...]
+    section: dict[str, object],
+    session_addr: str | None,
+    session_filters: list[tuple[str, tuple[str, ...]]],
 ) -> RtpFlow:
     m = str(section["m"]).split()
     if len(m) < 4:
@@ -205,7 +213,10 @@ def _flow(
         encoding=encoding,
         clock_rate=clock_rate,
         fmtp=_fmtp_params(fmtps.get(fmt, "")),
-        sources=section.get("sources", session_sources),  # type: ignore[arg-type]
+        sources=_sources_for(
+            str(address),
+            section.get("filters") or session_filters,  # type: ignore[arg-type]
+        ),
         mid=section.get("mid"),  # type: ignore[arg-type]
     )
 
@@ -249,8 +260,8 @@ def raw_video(flow: RtpFlow) -> RawVideo:
         raise SdpError(
             f"sampling={sampling} depth={depth} is not supported; supported: {SUPPORTED_RAW}"
         )
-    if not (16 <= width <= 7680 and 16 <= height <= 4320):
-        raise SdpError(f"{width}x{height} is not a supported picture size")
+    if not (16 <= width <= 7680 and 16 <= height <= 4320) or height % 2:
+        raise SdpError(f"{width}x{height} is not a supported picture size (even height, <= 8K)")
     fmt = pixel_format(pix_fmt)
     try:
         fmt.check_size(width, height)

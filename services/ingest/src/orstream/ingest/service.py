@@ -15,17 +15,25 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from nats.errors import Error as NatsError
 from opentelemetry import propagate, trace
 
 from orstream.common.bus import Bus
 from orstream.common.messages import ContextMeta, FrameReady, StreamDescriptor, StreamState
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext
-from orstream.common.shm import RingWriter
+from orstream.common.shm import RingError, RingWriter
 from orstream.common.subjects import StreamId, meta_in
 from orstream.common.telemetry import Counters, HopLatency
 from orstream.ingest.settings import IngestSettings
-from orstream.ingest.source import Context, FrameInRing, FrameSource, RawFrame, Stalled
+from orstream.ingest.source import (
+    Context,
+    FrameInRing,
+    FrameSource,
+    RawFrame,
+    SourceEvent,
+    Stalled,
+)
 from orstream.ingest.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -94,14 +102,24 @@ class IngestService:
         log.info("ingest %s from %s into ring %s", self.stream, self.source.description, ring.name)
 
     async def _announce(self, state: StreamState, reason: str = "") -> None:
+        """Record the stream's state in the registry; a registry hiccup is logged, not fatal
+        (the next change, or the next frame after a stall, announces again)."""
         assert self.descriptor is not None
-        assert self._registry is not None
         if state != self.descriptor.state or reason != self.descriptor.reason:
             if state != self.descriptor.state:
                 log.info("%s is %s%s", self.stream, state.value, f": {reason}" if reason else "")
             self.descriptor.state = state
             self.descriptor.reason = reason
+            await self._publish_descriptor()
+
+    async def _publish_descriptor(self) -> None:
+        assert self.descriptor is not None
+        assert self._registry is not None
+        try:
             await self._registry.announce(self.descriptor)
+        except Exception as exc:
+            self.counters.add("registry_errors")
+            log.warning("%s: registry update failed (%s)", self.stream, exc)
 
     async def _stop(self) -> None:
         for task in self._tasks:
@@ -133,19 +151,17 @@ class IngestService:
         bus = ctx.require_bus()
         loop = asyncio.get_running_loop()
         try:
-            async for event in self.source.frames(ring):
-                if isinstance(event, RawFrame):
-                    with tracer.start_as_current_span("ingest.capture") as span:
-                        slot = await loop.run_in_executor(self._writer, self._write, ring, event)
-                        await self._notify(bus, ring, event.seq, slot, event.capture_ns, span)
-                elif isinstance(event, FrameInRing):
-                    with tracer.start_as_current_span("ingest.capture") as span:
-                        await self._notify(bus, ring, event.seq, event.slot, event.capture_ns, span)
-                elif isinstance(event, Context):
-                    await self._publish_context(bus, event)
-                elif isinstance(event, Stalled):
-                    self.counters.add("source_stalls")
-                    await self._announce(StreamState.STALLED, event.reason)
+            # aclosing: on stop the source's own cleanup (threads, sockets, decoders) runs now,
+            # before the ring is closed under it, not whenever the generator is collected.
+            async with contextlib.aclosing(self.source.frames(ring)) as events:
+                async for event in events:
+                    try:
+                        await self._handle(bus, ring, loop, event)
+                    except (RingError, OSError, NatsError) as exc:
+                        self.counters.add("event_errors")
+                        log.warning(
+                            "%s: %s not handled (%s)", self.stream, type(event).__name__, exc
+                        )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -154,6 +170,22 @@ class IngestService:
             await self._announce(StreamState.STOPPED, f"source failed: {exc}")
             return
         await self._announce(StreamState.STOPPED, "source ended")
+
+    async def _handle(
+        self, bus: Bus, ring: RingWriter, loop: asyncio.AbstractEventLoop, event: SourceEvent
+    ) -> None:
+        if isinstance(event, RawFrame):
+            with tracer.start_as_current_span("ingest.capture") as span:
+                slot = await loop.run_in_executor(self._writer, self._write, ring, event)
+                await self._notify(bus, ring, event.seq, slot, event.capture_ns, span)
+        elif isinstance(event, FrameInRing):
+            with tracer.start_as_current_span("ingest.capture") as span:
+                await self._notify(bus, ring, event.seq, event.slot, event.capture_ns, span)
+        elif isinstance(event, Context):
+            await self._publish_context(bus, event)
+        elif isinstance(event, Stalled):
+            self.counters.add("source_stalls")
+            await self._announce(StreamState.STALLED, event.reason)
 
     async def _notify(
         self,
@@ -201,7 +233,7 @@ class IngestService:
         facts = (context.study_uid, context.series_uid, context.modality)
         if facts != (descriptor.study_uid, descriptor.series_uid, descriptor.modality):
             descriptor.study_uid, descriptor.series_uid, descriptor.modality = facts
-            await self._registry.announce(descriptor)
+            await self._publish_descriptor()
 
     def _write(self, ring: RingWriter, frame: RawFrame) -> int:
         fmt = self.source.format

@@ -13,7 +13,7 @@ further copy. When the iterator ends, the source has ended (a file without ``loo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -89,6 +89,6 @@ class FrameSource(Protocol):
     format: VideoFormat
     description: str
 
-    def frames(self, ring: RingWriter) -> AsyncIterator[SourceEvent]: ...
+    def frames(self, ring: RingWriter) -> AsyncGenerator[SourceEvent, None]: ...
 
     def counters(self) -> dict[str, int]: ...

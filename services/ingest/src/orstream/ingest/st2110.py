@@ -14,13 +14,12 @@ The event loop is touched once per completed frame or grain.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 import socket
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,8 +32,7 @@ from orstream.ingest.udp import open_flow_socket
 
 log = logging.getLogger(__name__)
 
-#: Events waiting for the event loop; when full the oldest frame notice goes (the frame itself
-#: stays in the ring, and the encoder always takes the newest anyway).
+#: Frame notices waiting for the event loop; beyond this, new notices are dropped and counted.
 EVENT_QUEUE = 16
 #: RTP timestamps of recent frames, to tie a metadata grain to its frame's seq.
 RECENT_FRAMES = 256
@@ -42,7 +40,6 @@ MAX_SDP_BYTES = 64 * 1024
 METADATA_BUFFER_BYTES = 4 * 1024 * 1024
 #: How long a metadata grain waits for its video frame to complete, in frame intervals.
 TIE_WAIT_FRAMES = 2
-TIE_POLL_S = 0.001
 
 
 class St2110Source:
@@ -106,32 +103,47 @@ class St2110Source:
                 out[f"metadata_{name}"] = value
         return out
 
-    async def frames(self, ring: RingWriter) -> AsyncIterator[SourceEvent]:
+    async def frames(self, ring: RingWriter) -> AsyncGenerator[SourceEvent, None]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[SourceEvent] = asyncio.Queue(EVENT_QUEUE)
-        recent: OrderedDict[int, int] = OrderedDict()  # rtp ts -> frame seq
+        queue: asyncio.Queue[SourceEvent] = asyncio.Queue()
+        recent: OrderedDict[int, int] = OrderedDict()  # rtp ts -> frame seq (loop thread only)
+        waiting: dict[int, Context] = {}  # grains whose frame has not completed yet
+        tie_wait_s = TIE_WAIT_FRAMES / max(self.video.fps, 1.0)
+        frames_queued = 0
 
-        def push(event: SourceEvent) -> None:
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                self.events_dropped += 1
-            queue.put_nowait(event)
-
-        def on_frame(seq: int, capture_ns: int, slot: int, rtp_ts: int) -> None:
-            recent[rtp_ts] = seq
+        def put_frame(event: FrameInRing, rtp_ts: int) -> None:
+            nonlocal frames_queued
+            recent[rtp_ts] = event.seq
             if len(recent) > RECENT_FRAMES:
                 recent.popitem(last=False)
-            loop.call_soon_threadsafe(push, FrameInRing(seq, capture_ns, slot))
+            if frames_queued >= EVENT_QUEUE:
+                # The loop is behind: this notice goes (the frame stays in the ring, and the
+                # encoder takes the newest one anyway). Contexts are never dropped here.
+                self.events_dropped += 1
+            else:
+                frames_queued += 1
+                queue.put_nowait(event)
+            if (context := waiting.pop(rtp_ts, None)) is not None:
+                queue.put_nowait(dataclasses.replace(context, seq=event.seq))
 
-        tie_wait_s = TIE_WAIT_FRAMES / max(self.video.fps, 1.0)
+        def put_context(context: Context) -> None:
+            assert context.rtp_ts is not None
+            if (seq := recent.get(context.rtp_ts)) is not None:
+                queue.put_nowait(dataclasses.replace(context, seq=seq))
+                return
+            # A grain usually arrives while its frame is still coming in: wait (bounded) for
+            # that frame so the context can name its seq, without holding up the next grain.
+            waiting[context.rtp_ts] = context
+            loop.call_later(tie_wait_s, release, context.rtp_ts)
+
+        def release(rtp_ts: int) -> None:
+            if (context := waiting.pop(rtp_ts, None)) is not None:
+                queue.put_nowait(context)
+
+        def on_frame(seq: int, capture_ns: int, slot: int, rtp_ts: int) -> None:
+            loop.call_soon_threadsafe(put_frame, FrameInRing(seq, capture_ns, slot), rtp_ts)
 
         def on_grain(grain: RtvGrain) -> None:
-            # Runs in the metadata thread. A grain usually arrives while its frame is still
-            # coming in; wait (bounded) for that frame so the context can name its seq.
-            deadline = time.monotonic() + tie_wait_s
-            while grain.rtp_ts not in recent and time.monotonic() < deadline:
-                time.sleep(TIE_POLL_S)
             ds = grain.dataset
             context = Context(
                 part10=grain.part10,
@@ -140,10 +152,9 @@ class St2110Source:
                 series_uid=str(ds.get("SeriesInstanceUID", "")),
                 modality=str(ds.get("Modality", "")),
                 rtp_ts=grain.rtp_ts,
-                seq=recent.get(grain.rtp_ts),
                 flow=grain.flow,
             )
-            loop.call_soon_threadsafe(push, context)
+            loop.call_soon_threadsafe(put_context, context)
 
         stop = threading.Event()
         threads: list[threading.Thread] = []
@@ -175,7 +186,10 @@ class St2110Source:
                 thread.start()
             log.info("receiving %s", self.description)
             while True:
-                yield await queue.get()
+                event = await queue.get()
+                if isinstance(event, FrameInRing):
+                    frames_queued -= 1
+                yield event
         finally:
             stop.set()
             for thread in threads:

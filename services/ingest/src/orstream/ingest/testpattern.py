@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -141,7 +141,7 @@ class TestPattern:
     def counters(self) -> dict[str, int]:
         return {"frames_skipped": self.dropped}
 
-    async def frames(self, ring: RingWriter) -> AsyncIterator[SourceEvent]:
+    async def frames(self, ring: RingWriter) -> AsyncGenerator[SourceEvent, None]:
         """Frames paced by the monotonic clock; if the consumer falls behind, skip ahead."""
         period_ns = int(1e9 / self.format.fps)
         start = time.monotonic_ns()
