@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from orstream.encoder.h264 import VIDEO_CLOCK_HZ
+from orstream.encoder.codec import VIDEO_CLOCK_HZ
 from orstream.encoder.vp8 import VP8Encoder
 
 

@@ -13,18 +13,18 @@ and size:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import av
 
+from orstream.bench.report import write_report
 from orstream.common.telemetry import percentiles
-from orstream.encoder.h264 import VIDEO_CLOCK_HZ, EncodedAccessUnit, H264Encoder
+from orstream.encoder.codec import VIDEO_CLOCK_HZ, VideoEncoder
+from orstream.encoder.h264 import H264Encoder
 from orstream.encoder.settings import DEFAULT_BITRATE_BPS, DEFAULT_KEYFRAME_INTERVAL_S
 from orstream.encoder.vp8 import VP8Encoder
 from orstream.ingest.testpattern import TestPattern
@@ -36,13 +36,7 @@ PICTURES = 100
 BITRATE_1080P_BPS = 8_000_000
 
 
-class Encoder(Protocol):
-    def encode(self, frame: av.VideoFrame, force_keyframe: bool) -> list[EncodedAccessUnit]: ...
-
-    def close(self) -> None: ...
-
-
-def _encoder(codec: str, width: int, height: int, threads: int) -> Encoder:
+def _encoder(codec: str, width: int, height: int, threads: int) -> VideoEncoder:
     bitrate = DEFAULT_BITRATE_BPS if height <= 720 else BITRATE_1080P_BPS
     if codec == "h264":
         return H264Encoder(
@@ -135,10 +129,7 @@ def run(seconds: float) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     report = run(args.seconds)
-    text = json.dumps(report, indent=2)
-    Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json_path).write_text(text + "\n")
-    print(text)
+    write_report(report, args.json_path)
     return 0
 
 

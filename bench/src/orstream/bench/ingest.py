@@ -10,7 +10,6 @@ by the seconds of video: ``cpu_cores`` 1.0 means one core busy for the whole tim
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orstream.bench.report import write_report
 from orstream.cli.stack import Stack, StackConfig
 from orstream.ingest.sdp import parse_session, raw_video
 
@@ -36,7 +36,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def gst_sender(sdp_path: Path, frames: int) -> tuple[list[str], float]:
+def gst_sender(sdp_path: Path, seconds: float) -> tuple[list[str], int, float]:
+    """The GStreamer command sending ``seconds`` of the flow ``sdp_path`` describes, its frame
+    count and frame rate."""
     gst = shutil.which("gst-launch-1.0")
     if gst is None:
         raise SystemExit(
@@ -48,6 +50,7 @@ def gst_sender(sdp_path: Path, frames: int) -> tuple[list[str], float]:
     video = raw_video(flow)
     fmt = GST_FORMATS[(video.sampling, video.depth)]
     rate = f"{video.rate.numerator}/{video.rate.denominator}"
+    frames = round(seconds * video.fps)
     cmd = [
         gst, "-q",
         "videotestsrc", f"num-buffers={frames}", "pattern=smpte", "is-live=true", "!",
@@ -57,7 +60,7 @@ def gst_sender(sdp_path: Path, frames: int) -> tuple[list[str], float]:
     ]  # fmt: skip
     if flow.multicast:
         cmd += ["multicast-iface=lo", "bind-address=127.0.0.1"]
-    return cmd, video.fps
+    return cmd, frames, video.fps
 
 
 def run(source: str, seconds: float) -> dict[str, Any]:
@@ -69,12 +72,9 @@ def run(source: str, seconds: float) -> dict[str, Any]:
             services=("ingest",),
         )
         sender_cmd: list[str] | None = None
-        fps = 0.0
         if source.startswith("sdp:"):
             sdp_path = Path(source.removeprefix("sdp:").split("?")[0])
-            _, fps = gst_sender(sdp_path, 1)
-            frames_expected = round(seconds * fps)
-            sender_cmd, _ = gst_sender(sdp_path, frames_expected)
+            sender_cmd, frames_expected, fps = gst_sender(sdp_path, seconds)
         with Stack(config) as stack:
             pid = stack.processes[0].popen.pid
             before = stack.stats("ingest")["counters"]
@@ -104,8 +104,7 @@ def run(source: str, seconds: float) -> dict[str, Any]:
 
     received = delta("frames_out")
     if sender_cmd is None:
-        descriptor_fps = fps or _fps_of(stats)
-        frames_expected = round(video_s * descriptor_fps) if descriptor_fps else received
+        frames_expected = round(video_s * float(stats["fps"]))
     return {
         "name": "ingest",
         "config": {
@@ -131,16 +130,9 @@ def run(source: str, seconds: float) -> dict[str, Any]:
     }
 
 
-def _fps_of(stats: dict[str, Any]) -> float:
-    return float(stats.get("fps", 0.0))
-
-
 def main(args: argparse.Namespace) -> int:
     report = run(args.source, args.seconds)
-    text = json.dumps(report, indent=2)
-    Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json_path).write_text(text + "\n")
-    print(text)
+    write_report(report, args.json_path)
     return 0 if report["results"]["frames_received"] else 1
 
 

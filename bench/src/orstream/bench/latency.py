@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orstream.bench.report import write_report
 from orstream.cli.main import make_token
 from orstream.cli.stack import Stack, StackConfig
 from orstream.common.telemetry import percentiles
@@ -113,10 +113,7 @@ def run(seconds: float, warmup_s: float, resolution: str, fps: float, peers: int
 
 def main(args: argparse.Namespace) -> int:
     report = run(args.seconds, args.warmup, args.resolution, args.fps, args.peers)
-    text = json.dumps(report, indent=2)
-    Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json_path).write_text(text + "\n")
-    print(text)
+    write_report(report, args.json_path)
     return 0 if report["results"]["frames_received"] else 1
 
 

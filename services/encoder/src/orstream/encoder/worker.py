@@ -26,8 +26,9 @@ from orstream.common.messages import AccessUnitMeta, FrameReady
 from orstream.common.shm import RingError, RingReader
 from orstream.common.subjects import SOURCE_RENDITION, StreamId
 from orstream.common.telemetry import Counters, HopLatency
+from orstream.encoder.codec import VIDEO_CLOCK_HZ
 from orstream.encoder.convert import to_i420
-from orstream.encoder.h264 import VIDEO_CLOCK_HZ, H264Encoder
+from orstream.encoder.h264 import H264Encoder
 from orstream.encoder.settings import EncoderSettings
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from pydicom.uid import (
 )
 
 from orstream.common.shm import RingWriter
-from orstream.ingest.avframes import filler
+from orstream.ingest.avframes import conform, filler
 from orstream.ingest.avsource import DEFAULT_FPS, Pacer, ThreadedIterator
 from orstream.ingest.source import Context, RawFrame, SourceCounters, SourceEvent, VideoFormat
 
@@ -215,14 +215,9 @@ class DicomSource:
                         )
                     await pacer.wait(n / self.fps)
                     n += 1
-                    if (frame.width, frame.height, frame.format.name) != (
-                        fmt.width,
-                        fmt.height,
-                        fmt.pix_fmt,
-                    ):
-                        frame = await asyncio.to_thread(
-                            frame.reformat, width=fmt.width, height=fmt.height, format=fmt.pix_fmt
-                        )
+                    frame = await asyncio.to_thread(
+                        conform, frame, fmt.width, fmt.height, fmt.pix_fmt
+                    )
                     yield RawFrame(seq, time.time_ns(), filler(frame))
                     seq += 1
             finally:

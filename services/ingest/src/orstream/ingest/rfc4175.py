@@ -26,9 +26,9 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 
 from orstream.common.shm import RingWriter, SlotWrite
+from orstream.ingest.flow import IDLE_POLL_S, MAX_DATAGRAM_BYTES, FlowReceiver
 from orstream.ingest.rtp import FIXED, FIXED_BYTES, MARKER, SEQ_MOD
 from orstream.ingest.sdp import RawVideo
 
@@ -36,39 +36,19 @@ log = logging.getLogger(__name__)
 
 SEGMENT = struct.Struct("!HHH")  # length, F|line, C|offset
 HALF_SEQ = SEQ_MOD // 2
-MAX_DATAGRAM_BYTES = 65536
-#: How long the loop sleeps in select() when no packet is waiting (bounds the stop latency).
-IDLE_POLL_S = 0.1
 #: A new SSRC is accepted after the current one has been silent this long (sender restarted).
 SSRC_TAKEOVER_NS = 1_000_000_000
 #: This many late packets in a row means the sender's sequence jumped back: resynchronise.
 LATE_RESYNC = 32
-#: Malformed datagrams are logged at most this often, so bad input cannot flood the log.
-LOG_INTERVAL_NS = 5_000_000_000
 
 #: Called from the receive thread for each committed frame: seq, capture_ns, slot, rtp_ts.
 FrameCallback = Callable[[int, int, int, int], None]
 
 
-@dataclass
-class FlowStats:
-    """Counts kept by a receive thread (plain ints: one writer, readers tolerate staleness)."""
-
-    packets: int = 0
-    bytes: int = 0
-    packets_lost: int = 0
-    packets_malformed: int = 0
-    packets_foreign: int = 0
-    packets_late: int = 0
-    frames_complete: int = 0
-    frames_dropped: int = 0
-
-    def snapshot(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-class Rfc4175Receiver:
+class Rfc4175Receiver(FlowReceiver):
     """Receives one RFC 4175 flow on ``sock`` into ``ring``; :meth:`run` is a thread's body."""
+
+    name = "rfc4175"
 
     def __init__(
         self,
@@ -79,35 +59,14 @@ class Rfc4175Receiver:
         on_frame: FrameCallback,
         sources: tuple[str, ...] = (),
     ) -> None:
-        self.sock = sock
+        super().__init__(sock, payload_type, sources)
         self.video = video
-        self.payload_type = payload_type
         self.ring = ring
         self.on_frame = on_frame
-        self.sources = frozenset(sources)
-        self.stats = FlowStats()
-        self._last_log_ns = 0
 
     def _complain(self, why: str) -> None:
         self.stats.packets_malformed += 1
-        now = time.monotonic_ns()
-        if now - self._last_log_ns > LOG_INTERVAL_NS:
-            self._last_log_ns = now
-            log.warning(
-                "rfc4175: dropped a malformed packet (%s); %d so far",
-                why,
-                self.stats.packets_malformed,
-            )
-
-    def run(self, stop: threading.Event) -> None:
-        """Receive until ``stop``; nothing a sender does may end this thread."""
-        while not stop.is_set():
-            try:
-                self._receive(stop)
-            except Exception:
-                self.stats.packets_malformed += 1
-                log.exception("rfc4175: receive loop failed; restarting it")
-                time.sleep(IDLE_POLL_S)
+        self._warn(f"dropped a malformed packet ({why}); {self.stats.packets_malformed} so far")
 
     def _receive(self, stop: threading.Event) -> None:
         video = self.video

@@ -23,7 +23,7 @@ from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 
 from orstream.common.dicomrtv import register_tags, uuid_of
-from orstream.ingest.rfc4175 import FlowStats
+from orstream.ingest.flow import IDLE_POLL_S, MAX_DATAGRAM_BYTES, FlowReceiver
 from orstream.ingest.rtp import FIXED, MARKER, RtpError, payload_offset
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,6 @@ PREAMBLE_BYTES = 128
 PREFIX = b"DICM"
 #: A metadata grain larger than this is refused (a frame's context is a few KiB).
 MAX_GRAIN_BYTES = 4 * 1024 * 1024
-MAX_DATAGRAM_BYTES = 65536
-IDLE_POLL_S = 0.1
-LOG_INTERVAL_NS = 5_000_000_000
 #: After this long without a packet, or this many late packets in a row, follow the sender's
 #: new sequence numbers (it restarted).
 RESYNC_SILENCE_S = 1.0
@@ -82,8 +79,10 @@ def read_grain(part10: bytes) -> FileDataset:
 GrainCallback = Callable[[RtvGrain], None]
 
 
-class RtvMetadataReceiver:
+class RtvMetadataReceiver(FlowReceiver):
     """Receives one DICOM-RTV metadata flow; :meth:`run` is a thread's body."""
+
+    name = "dicom-rtv metadata"
 
     def __init__(
         self,
@@ -93,29 +92,9 @@ class RtvMetadataReceiver:
         sources: tuple[str, ...] = (),
     ) -> None:
         register_tags()
-        self.sock = sock
-        self.payload_type = payload_type
+        super().__init__(sock, payload_type, sources)
         self.on_grain = on_grain
-        self.sources = frozenset(sources)
-        self.stats = FlowStats()
         self.grains_invalid = 0
-        self._last_log_ns = 0
-
-    def _complain(self, why: str) -> None:
-        now = time.monotonic_ns()
-        if now - self._last_log_ns > LOG_INTERVAL_NS:
-            self._last_log_ns = now
-            log.warning("dicom-rtv metadata: %s", why)
-
-    def run(self, stop: threading.Event) -> None:
-        """Receive until ``stop``; nothing a sender does may end this thread."""
-        while not stop.is_set():
-            try:
-                self._receive(stop)
-            except Exception:
-                self.stats.packets_malformed += 1
-                log.exception("dicom-rtv metadata: receive loop failed; restarting it")
-                time.sleep(IDLE_POLL_S)
 
     def _receive(self, stop: threading.Event) -> None:
         stats = self.stats
@@ -137,7 +116,7 @@ class RtvMetadataReceiver:
             except OSError as exc:
                 if stop.is_set():
                     break
-                self._complain(f"receive failed: {exc}")
+                self._warn(f"receive failed: {exc}")
                 time.sleep(IDLE_POLL_S)
                 continue
             stats.packets += 1
@@ -149,7 +128,7 @@ class RtvMetadataReceiver:
                 start, end = payload_offset(pkt, n)
             except RtpError as exc:
                 stats.packets_malformed += 1
-                self._complain(f"dropped a malformed packet ({exc})")
+                self._warn(f"dropped a malformed packet ({exc})")
                 continue
             _, b1, seq, ts, _ = FIXED.unpack_from(pkt, 0)
             if b1 & 0x7F != self.payload_type:
@@ -174,7 +153,7 @@ class RtvMetadataReceiver:
                     stats.packets_lost += (seq - expected) & 0xFFFF
                 if parts or damaged:
                     stats.frames_dropped += 1  # the previous grain never saw its marker
-                    self._complain("a grain ended without its marker packet; dropped")
+                    self._warn("a grain ended without its marker packet; dropped")
                 parts, size, damaged = [], 0, gap
                 grain_ts = ts
                 capture_ns = time.time_ns()
@@ -190,7 +169,7 @@ class RtvMetadataReceiver:
             if b1 & MARKER:
                 if damaged:
                     stats.frames_dropped += 1
-                    self._complain(
+                    self._warn(
                         "dropped a grain with lost packets"
                         if size <= MAX_GRAIN_BYTES
                         else f"dropped a {size}-byte grain (limit {MAX_GRAIN_BYTES})"
@@ -207,12 +186,12 @@ class RtvMetadataReceiver:
         except RtvError as exc:
             self.grains_invalid += 1
             self.stats.frames_dropped += 1
-            self._complain(f"dropped a grain: {exc}")
+            self._warn(f"dropped a grain: {exc}")
             return
         except Exception as exc:  # a value pydicom read but cannot convert
             self.grains_invalid += 1
             self.stats.frames_dropped += 1
-            self._complain(f"dropped a grain: unreadable RTV Meta Information ({exc!r})")
+            self._warn(f"dropped a grain: unreadable RTV Meta Information ({exc!r})")
             return
         self.stats.frames_complete += 1
         grain = RtvGrain(
