@@ -5,7 +5,7 @@ import numpy as np
 
 from orstream.common import timecode
 from orstream.encoder.h264 import H264Encoder
-from orstream.encoder.worker import pts_of
+from orstream.encoder.pipeline import pts_of
 
 W, H = 640, 360
 

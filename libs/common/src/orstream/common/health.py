@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -23,7 +24,8 @@ from starlette.routing import Route
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], bool]
-StatsSource = Callable[[int], dict[str, Any]]
+#: Stats since a capture time; a service whose figures live in child processes answers async.
+StatsSource = Callable[[int], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
 def health_routes(ready: ReadyCheck, stats: StatsSource) -> list[Route]:
@@ -42,7 +44,10 @@ def health_routes(ready: ReadyCheck, stats: StatsSource) -> list[Route]:
             since_ns = int(request.query_params.get("since_ns", "0"))
         except ValueError:
             return JSONResponse({"error": "since_ns must be an integer"}, status_code=400)
-        return JSONResponse(stats(since_ns))
+        result = stats(since_ns)
+        if inspect.isawaitable(result):
+            result = await result
+        return JSONResponse(result)
 
     return [
         Route("/livez", livez),

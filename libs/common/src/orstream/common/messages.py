@@ -151,6 +151,21 @@ class ContextMeta(msgspec.Struct, frozen=True):
             raise MessageError(f"malformed context headers: {exc!r}") from exc
 
 
+class JsonMessage(msgspec.Struct):
+    """A message that changes rarely (registry entries, leases, interest): JSON, readable with
+    ``nats kv get`` / ``nats sub``."""
+
+    def encode(self) -> bytes:
+        return msgspec.json.encode(self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        try:
+            return msgspec.json.decode(data, type=cls)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise MessageError(f"malformed {cls.__name__}: {exc}") from exc
+
+
 class StreamState(StrEnum):
     STARTING = "starting"
     LIVE = "live"
@@ -158,7 +173,7 @@ class StreamState(StrEnum):
     STOPPED = "stopped"
 
 
-class StreamDescriptor(msgspec.Struct, kw_only=True):
+class StreamDescriptor(JsonMessage, kw_only=True):
     """A stream's entry in the registry (JetStream KV ``orstream-streams``)."""
 
     site: str
@@ -184,12 +199,39 @@ class StreamDescriptor(msgspec.Struct, kw_only=True):
     reason: str = ""
     updated_ns: int = 0
 
-    def encode(self) -> bytes:
-        return msgspec.json.encode(self)
 
-    @classmethod
-    def decode(cls, data: bytes) -> Self:
-        try:
-            return msgspec.json.decode(data, type=cls)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise MessageError(f"malformed stream descriptor: {exc}") from exc
+class Interest(JsonMessage):
+    """``.interest``: the renditions one watcher (an edge) has peers on, sent every second.
+
+    ``renditions`` maps a rendition to the highest bitrate its peers report they can take (REMB,
+    bit/s), 0 when none has said. An empty map withdraws the watcher at once; otherwise it holds
+    for ``ttl_ms``, so a watcher that vanishes stops costing CPU within a few seconds.
+    """
+
+    watcher: str
+    renditions: dict[str, int]
+    ttl_ms: int = 3000
+
+
+class EncoderClaim(JsonMessage, kw_only=True):
+    """``claim.<site>.<room>.<stream>`` in the encoder bucket: who encodes the stream, and how.
+
+    The lease is the entry's revision: the owner rewrites it every heartbeat, and a claim whose
+    revision has not moved for the lease time is free for another replica to take.
+    """
+
+    replica: str
+    host: str = ""
+    codecs: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Set while the stream's worker refuses (e.g. an encoder that does not open), for operators.
+    reason: str = ""
+    renewed_ns: int = 0
+
+
+class ReplicaPresence(JsonMessage, kw_only=True):
+    """``replica.<site>.<replica>``: an encoder replica is alive (renewed by heartbeat)."""
+
+    replica: str
+    host: str = ""
+    streams: int = 0
+    renewed_ns: int = 0

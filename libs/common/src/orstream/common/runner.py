@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,7 +56,7 @@ class Service(Protocol):
 
     def ready(self) -> bool: ...
 
-    def stats(self, since_ns: int) -> dict[str, Any]: ...
+    def stats(self, since_ns: int) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
 
 def configure_logging(service: str, level: str) -> None:

@@ -23,6 +23,9 @@ _TOKEN = re.compile(TOKEN_PATTERN)
 
 #: JetStream KV bucket holding one descriptor per stream, key ``<site>.<room>.<stream>``.
 REGISTRY_BUCKET = "orstream-streams"
+#: JetStream KV bucket of encoder leases: ``claim.<site>.<room>.<stream>`` → the replica encoding
+#: it, ``replica.<site>.<replica>`` → a replica's presence; both renewed by heartbeat.
+ENCODER_BUCKET = "orstream-encoders"
 AUTH_REVOKE = "auth.revoke"
 #: Rendition name of the stream at its source size.
 SOURCE_RENDITION = "src"
@@ -92,6 +95,11 @@ class StreamId:
     def interest(self) -> str:
         return f"{self._prefix()}.interest"
 
+    @property
+    def claim_key(self) -> str:
+        """Key of this stream's encoder lease in the encoder bucket."""
+        return f"claim.{self.key}"
+
     def __str__(self) -> str:
         return self.key
 
@@ -103,6 +111,11 @@ def all_frames(site: str) -> str:
 
 def all_keyframe_requests(site: str) -> str:
     return f"or.{check_token(site, 'site')}.*.*.keyframe"
+
+
+def replica_key(site: str, replica: str) -> str:
+    """Key of an encoder replica's presence in the encoder bucket."""
+    return f"replica.{check_token(site, 'site')}.{check_token(replica, 'replica')}"
 
 
 def meta_in(site: str, room: str) -> str:

@@ -20,6 +20,8 @@ from orstream.common.shm import RingError, SlotInfo
 U8 = npt.NDArray[np.uint8]
 #: Formats copied into a PyAV frame of the same format, then converted by libswscale.
 SWSCALE_FORMATS = frozenset({"nv12", "uyvy422", "yuyv422", "rgb24", "gray"})
+#: Every format a ring slot may carry that :func:`to_i420` converts.
+ENCODABLE_FORMATS = SWSCALE_FORMATS | {"yuv420p", "uyvp"}
 
 
 def to_i420(data: memoryview, info: SlotInfo) -> av.VideoFrame:

@@ -1,10 +1,16 @@
-"""libx264 through PyAV, set up for live WebRTC: zero latency, constrained baseline, IDR ≥ 1/s."""
+"""H.264 for live WebRTC: libx264 (zero latency, constrained baseline unless told otherwise, IDR
+at least every second) and the hardware encoders, which fall back to libx264 when absent."""
 
 from __future__ import annotations
 
-from orstream.encoder.codec import VIDEO_CLOCK_HZ, EncodedAccessUnit, VideoEncoder
+import logging
 
-__all__ = ["VIDEO_CLOCK_HZ", "EncodedAccessUnit", "H264Encoder"]
+from orstream.encoder.codec import VIDEO_CLOCK_HZ, EncodedAccessUnit, EncoderOpenError, VideoEncoder
+
+__all__ = ["VIDEO_CLOCK_HZ", "EncodedAccessUnit", "H264Encoder", "open_h264"]
+
+log = logging.getLogger(__name__)
+_fell_back: set[str] = set()
 
 
 class H264Encoder(VideoEncoder):
@@ -19,17 +25,101 @@ class H264Encoder(VideoEncoder):
         keyframe_interval_s: float,
         preset: str = "ultrafast",
         threads: int = 0,
+        profile: str = "baseline",
+        implementation: str = "libx264",
+        vaapi_device: str = "",
     ) -> None:
         keyint = max(1, round(fps * keyframe_interval_s))
         kbps = bitrate_bps // 1000
-        options = {
-            "preset": preset,
-            "tune": "zerolatency",
-            "profile": "baseline",  # x264 baseline is constrained baseline (42c0xx)
-            "forced-idr": "1",
-            "x264-params": (
-                f"keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1"
-                f":vbv-maxrate={kbps}:vbv-bufsize={max(kbps // 2, 1)}:nal-hrd=none"
-            ),
-        }
-        super().__init__("libx264", width, height, fps, bitrate_bps, threads, options)
+        pix_fmt = "yuv420p"
+        options: dict[str, str]
+        if implementation == "libx264":
+            options = {
+                "preset": preset,
+                "tune": "zerolatency",
+                "profile": profile,  # x264's baseline is constrained baseline (42c0xx)
+                "forced-idr": "1",
+                "x264-params": (
+                    f"keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1"
+                    f":vbv-maxrate={kbps}:vbv-bufsize={max(kbps // 2, 1)}:nal-hrd=none"
+                ),
+            }
+        elif implementation == "h264_nvenc":
+            options = {
+                "preset": "p1",
+                "tune": "ull",
+                "zerolatency": "1",
+                "delay": "0",
+                "rc": "cbr",
+                "profile": profile,
+                "forced-idr": "1",
+                "no-scenecut": "1",
+                "bf": "0",
+            }
+        elif implementation == "h264_qsv":
+            pix_fmt = "nv12"
+            options = {
+                "preset": "veryfast",
+                "profile": profile,
+                "async_depth": "1",
+                "look_ahead": "0",
+                "low_delay_brc": "1",
+                "forced_idr": "1",
+                "bf": "0",
+            }
+        elif implementation == "h264_vaapi":
+            # Needs VAAPI surfaces (a hardware frames context on the device): an FFmpeg build
+            # without them refuses to open, and the caller falls back to libx264.
+            options = {"profile": profile, "bf": "0", "device": vaapi_device}
+        else:
+            raise EncoderOpenError(f"unknown H.264 implementation {implementation!r}")
+        super().__init__(
+            implementation,
+            width,
+            height,
+            fps,
+            bitrate_bps,
+            threads,
+            options,
+            gop_size=keyint,
+            pix_fmt=pix_fmt,
+        )
+
+
+def open_h264(
+    implementation: str,
+    width: int,
+    height: int,
+    fps: float,
+    bitrate_bps: int,
+    keyframe_interval_s: float,
+    *,
+    preset: str = "ultrafast",
+    threads: int = 0,
+    profile: str = "baseline",
+    vaapi_device: str = "",
+) -> H264Encoder:
+    """The chosen implementation, or libx264 with a log line when a hardware one will not open.
+
+    Raises :class:`EncoderOpenError` only when libx264 itself cannot encode this.
+    """
+    if implementation != "libx264":
+        try:
+            return H264Encoder(
+                width,
+                height,
+                fps,
+                bitrate_bps,
+                keyframe_interval_s,
+                threads=threads,
+                profile=profile,
+                implementation=implementation,
+                vaapi_device=vaapi_device,
+            )
+        except EncoderOpenError as exc:
+            if implementation not in _fell_back:
+                _fell_back.add(implementation)
+                log.warning("%s unavailable (%s); falling back to libx264", implementation, exc)
+    return H264Encoder(
+        width, height, fps, bitrate_bps, keyframe_interval_s, preset, threads, profile
+    )

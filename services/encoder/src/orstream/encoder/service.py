@@ -1,29 +1,46 @@
-"""The encoder service: one :class:`StreamEncoder` per live stream of its site.
+"""The encoder service: a replica that claims a fair share of its host's streams and runs one
+worker process per claimed stream.
 
-Streams are found in the registry (watched, so a new stream starts encoding at once); raw-frame
-notifications and keyframe requests arrive on one wildcard subscription each and are routed to
-the stream's encoder. Claiming streams across replicas is a later step; here one replica serves
-every stream of the site.
+Every heartbeat the replica renews its presence and its claims, gives back streams that stopped,
+claims free ones up to its fair share (streams ÷ live replicas), and hands one stream per
+rebalance interval to a less busy replica when it holds more than its share. A replica only
+claims streams of its site and rooms whose ring it can see (the ring is on this host). When it
+cannot renew for most of a lease it stops its workers itself, so two replicas never encode the
+same stream for long. On shutdown it stops its workers and deletes its claims, so others take
+over at once; if it dies, they take over when its leases run out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
+import math
+import socket
+import time
 from typing import Any
 
-from nats.aio.msg import Msg
-
-from orstream.common.messages import FrameReady, MessageError, StreamDescriptor, StreamState
+from orstream.common.messages import (
+    EncoderClaim,
+    MessageError,
+    ReplicaPresence,
+    StreamDescriptor,
+    StreamState,
+)
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext
-from orstream.common.subjects import StreamId, all_frames, all_keyframe_requests
+from orstream.common.shm import SHM_DIR
+from orstream.common.subjects import ENCODER_BUCKET, StreamId
 from orstream.common.telemetry import Counters
+from orstream.encoder.claims import ClaimBook
+from orstream.encoder.processes import WorkerProcess
 from orstream.encoder.settings import EncoderSettings
-from orstream.encoder.worker import StreamEncoder
 
 log = logging.getLogger(__name__)
+
+#: Share of the lease after which a replica that could not renew stops its workers.
+FENCE_SHARE = 0.8
 
 
 class EncoderService:
@@ -33,101 +50,229 @@ class EncoderService:
 
     def __init__(self, settings: EncoderSettings) -> None:
         self.settings = settings
+        self.host = socket.gethostname()
         self.counters = Counters("orstream.encoder")
-        self.encoders: dict[StreamId, StreamEncoder] = {}
-        self._watch_task: asyncio.Task[None] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._ready = False
+        self.streams: dict[StreamId, StreamDescriptor] = {}
+        self.workers: dict[StreamId, WorkerProcess] = {}
+        self.book: ClaimBook | None = None
+        self._refusals: dict[StreamId, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Workers being stopped (and their claims deleted) without holding up the heartbeat.
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._last_renewed_s = time.monotonic()
+        self._last_rebalance_s = time.monotonic()
+        self._ticks = 0
 
     async def start(self, ctx: ServiceContext) -> None:
         bus = ctx.require_bus()
-        loop = asyncio.get_running_loop()
         registry = await Registry.open(bus)
-
-        async def on_frame(msg: Msg) -> None:
-            stream = StreamId.from_subject(msg.subject)
-            encoder = self.encoders.get(stream) if stream else None
-            if encoder is None:
-                self.counters.add("frames_unclaimed")
-                return
-            try:
-                note = FrameReady.decode(msg.data)
-            except MessageError as exc:
-                self.counters.add("notifications_malformed")
-                log.warning("%s: %s", msg.subject, exc)
-                return
-            encoder.offer(note, msg.headers)
-
-        async def on_keyframe(msg: Msg) -> None:
-            stream = StreamId.from_subject(msg.subject)
-            encoder = self.encoders.get(stream) if stream else None
-            if encoder is not None:
-                encoder.request_keyframe()
-
-        def apply(descriptor: StreamDescriptor) -> None:
-            stream = StreamId(descriptor.site, descriptor.room, descriptor.stream)
-            running = self.encoders.get(stream)
-            if descriptor.state in (StreamState.LIVE, StreamState.STARTING) and running is None:
-                encoder = StreamEncoder(
-                    stream, descriptor.fps, self.settings, bus, loop, self.counters
-                )
-                encoder.start()
-                self.encoders[stream] = encoder
-                log.info(
-                    "encoding %s (%dx%d@%g)",
-                    stream,
-                    descriptor.width,
-                    descriptor.height,
-                    descriptor.fps,
-                )
-            elif descriptor.state == StreamState.STOPPED and running is not None:
-                del self.encoders[stream]
-                task = loop.create_task(running.stop())
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
-                log.info("stopped encoding %s", stream)
-
+        self.book = ClaimBook(
+            await bus.key_value(ENCODER_BUCKET, history=1),
+            self.settings.site,
+            self.settings.replica,
+            self.settings.lease_s,
+        )
+        await self.book.start()
         for descriptor in await registry.all():
-            if descriptor.site == self.settings.site:
-                apply(descriptor)
-
-        async def watch() -> None:
-            watcher = await registry.kv.watchall()
-            async for entry in watcher:
-                if entry is None or not entry.value:
-                    continue
-                try:
-                    descriptor = StreamDescriptor.decode(entry.value)
-                except MessageError as exc:
-                    log.warning("registry %s: %s", entry.key, exc)
-                    continue
-                if descriptor.site == self.settings.site:
-                    apply(descriptor)
-
-        self._watch_task = asyncio.create_task(watch())
-        await bus.subscribe(all_frames(self.settings.site), on_frame)
-        await bus.subscribe(all_keyframe_requests(self.settings.site), on_keyframe)
+            self._note(descriptor)
+        self._tasks = [
+            asyncio.create_task(self._follow_registry(registry)),
+            asyncio.create_task(self._heartbeat()),
+        ]
         ctx.stack.push_async_callback(self._stop)
-        self._ready = True
+        log.info(
+            "replica %s on %s: rooms %s, renditions %s",
+            self.settings.replica,
+            self.host,
+            ",".join(self.settings.rooms),
+            ", ".join(r.name for r in self.settings.renditions),
+        )
+
+    def _note(self, descriptor: StreamDescriptor) -> None:
+        if descriptor.site != self.settings.site:
+            return
+        try:
+            stream = StreamId(descriptor.site, descriptor.room, descriptor.stream)
+        except ValueError:
+            return
+        self.streams[stream] = descriptor
+
+    async def _follow_registry(self, registry: Registry) -> None:
+        watcher = await registry.kv.watchall(include_history=False)
+        async for entry in watcher:
+            if entry is None:
+                continue
+            if not entry.value:
+                with contextlib.suppress(ValueError):
+                    self.streams.pop(StreamId.parse(entry.key), None)
+                continue
+            try:
+                self._note(StreamDescriptor.decode(entry.value))
+            except MessageError as exc:
+                self.counters.add("registry_malformed")
+                log.warning("registry %s: %s", entry.key, exc)
+
+    # -- the heartbeat --------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except Exception as exc:  # NATS away: keep trying; fencing covers the gap
+                self.counters.add("heartbeat_errors")
+                log.warning("heartbeat: %s", exc)
+                self._fence_if_stale()
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    def eligible(self) -> list[StreamId]:
+        """Streams this replica may encode: live, in its rooms, with their ring on this host."""
+        return sorted(
+            (
+                stream
+                for stream, d in self.streams.items()
+                if d.state != StreamState.STOPPED
+                and any(fnmatch.fnmatchcase(stream.room, glob) for glob in self.settings.rooms)
+                and (SHM_DIR / d.ring).exists()
+            ),
+            key=str,
+        )
+
+    def _claim_record(self, stream: StreamId) -> EncoderClaim:
+        return EncoderClaim(
+            replica=self.settings.replica,
+            host=self.host,
+            codecs={r.name: r.codec for r in self.settings.renditions},
+            reason=self._refusals.get(stream, ""),
+        )
+
+    async def _tick(self) -> None:
+        book = self.book
+        assert book is not None
+        self._ticks += 1
+        await book.announce(
+            ReplicaPresence(
+                replica=self.settings.replica, host=self.host, streams=len(self.workers)
+            )
+        )
+        for stream in sorted(book.mine(), key=str):
+            if not await book.renew(stream, self._claim_record(stream)):
+                self.counters.add("claims_lost")
+                log.warning("%s: claim lost to another replica; stopping its worker", stream)
+                self._release(stream)
+        self._last_renewed_s = time.monotonic()
+        eligible = self.eligible()
+        for stream in book.mine() - set(eligible):
+            log.info("%s: stream stopped or gone; releasing it", stream)
+            self._release(stream)
+        if self._ticks < 2:
+            return  # one heartbeat to hear the other replicas before claiming
+        load = book.load()
+        fair = math.ceil(len(eligible) / max(1, len(load)))
+        limit = min(fair, self.settings.max_streams or fair)
+        for stream in eligible:
+            if len(book.mine()) >= limit:
+                break
+            if book.holder(stream) is None and await book.claim(stream, self._claim_record(stream)):
+                self.counters.add("claims_taken")
+                self._start_worker(stream)
+        self._rebalance(load, fair)
+
+    def _rebalance(self, load: dict[str, int], fair: int) -> None:
+        """Hand one stream to a less busy replica when this one holds more than its share."""
+        assert self.book is not None
+        now = time.monotonic()
+        mine = self.book.mine()
+        if (
+            len(mine) <= fair
+            or now - self._last_rebalance_s < self.settings.rebalance_s
+            or not any(n < fair for name, n in load.items() if name != self.settings.replica)
+        ):
+            return
+        self._last_rebalance_s = now
+        stream = max(mine, key=str)
+        log.info(
+            "%s: handing over to a less busy replica (%d > fair share %d)", stream, len(mine), fair
+        )
+        self.counters.add("claims_handed_over")
+        self._release(stream)
+
+    def _fence_if_stale(self) -> None:
+        """Could not renew for most of a lease: others may take over, so stop encoding now."""
+        if self.book is None or not self.workers:
+            return
+        if time.monotonic() - self._last_renewed_s < self.settings.lease_s * FENCE_SHARE:
+            return
+        lost = self.book.forget()
+        log.error("cannot renew claims; stopping %d worker(s) before others take over", len(lost))
+        self.counters.add("claims_fenced", len(lost))
+        for stream in lost:
+            self._release(stream)
+
+    # -- workers --------------------------------------------------------------------------
+
+    def _start_worker(self, stream: StreamId) -> None:
+        worker = WorkerProcess(stream, self.settings, self.counters, self._on_refused)
+        self.workers[stream] = worker
+        worker.start()
+        log.info("%s: claimed by %s", stream, self.settings.replica)
+
+    def _on_refused(self, stream: StreamId, reason: str) -> None:
+        self._refusals[stream] = reason
+
+    def _release(self, stream: StreamId) -> None:
+        """Stop the stream's worker, then delete the claim (if still ours) so another replica
+        can take it at once; in the background, so other claims are renewed meanwhile."""
+        assert self.book is not None
+        revision = self.book.relinquish(stream)
+        worker = self.workers.pop(stream, None)
+        self._refusals.pop(stream, None)
+        task = asyncio.create_task(self._finish_release(stream, worker, revision))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _finish_release(
+        self, stream: StreamId, worker: WorkerProcess | None, revision: int | None
+    ) -> None:
+        if worker is not None:
+            await worker.stop()
+        if revision is not None and self.book is not None:
+            await self.book.delete(stream, revision)
 
     async def _stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-        await asyncio.gather(
-            *(encoder.stop() for encoder in self.encoders.values()), *self._retiring
-        )
-        self.encoders.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.book is not None:
+            for stream in list(self.workers):
+                self._release(stream)
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+            await self.book.withdraw()
+            await self.book.stop()
+
+    # -- health ---------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return self._ready
+        return self.book is not None
 
-    def stats(self, since_ns: int) -> dict[str, Any]:
-        hops: dict[str, Any] = {}
-        for stream, encoder in self.encoders.items():
-            hops[str(stream)] = {
-                "encoder": encoder.latency.summary(since_ns),
-                "encode": encoder.encode_ms.summary(since_ns),
-            }
-        return {"streams": hops, "counters": self.counters.snapshot()}
+    async def stats(self, since_ns: int) -> dict[str, Any]:
+        streams = list(self.workers.items())
+        replies = await asyncio.gather(*(w.stats(since_ns) for _, w in streams))
+        counters = self.counters.snapshot()
+        out: dict[str, Any] = {}
+        for (stream, worker), reply in zip(streams, replies, strict=True):
+            entry: dict[str, Any] = {"pid": worker.pid, "starts": worker.starts}
+            if worker.refusal or stream in self._refusals:
+                entry["refused"] = worker.refusal or self._refusals[stream]
+            if reply:
+                entry.update(reply.get("stream", {}))
+                for name, value in reply.get("counters", {}).items():
+                    counters[name] = counters.get(name, 0) + value
+            out[str(stream)] = entry
+        return {
+            "replica": self.settings.replica,
+            "streams": out,
+            "load": self.book.load() if self.book else {},
+            "counters": counters,
+        }

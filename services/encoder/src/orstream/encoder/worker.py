@@ -1,232 +1,171 @@
-"""One stream's encoder: always the newest frame, encoded off the event loop.
+"""One stream's worker process: ``python -m orstream.encoder.worker <site>.<room>.<stream>``.
 
-::
-
-    .frame notification ──offer()──► latest (one slot: older unencoded frames are dropped)
-                                        │  encode thread
-                                        ▼
-    ring slot ──seqlock read──► av.VideoFrame ──libx264──► AU ──► .enc.<rendition>
-
-Nothing queues between the notification and the encoder: if encoding falls behind, the frames
-it could not get to are skipped and counted, so latency never builds up.
+The supervisor (:mod:`orstream.encoder.service`) starts one per stream it has claimed, so a
+codec crash or a leak takes down one stream, never the replica. The worker reads the stream's
+descriptor from the registry and follows it, subscribes to the stream's own subjects only
+(``.frame``, ``.keyframe``, ``.interest``), and encodes with a :class:`StreamPipeline`. It
+stops on SIGTERM, and when its control pipe closes (the supervisor died).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import threading
+import sys
 import time
+from typing import Any
 
-from opentelemetry import context, propagate, trace
+from nats.aio.msg import Msg
 
-from orstream.common.bus import Bus
-from orstream.common.messages import AccessUnitMeta, FrameReady
-from orstream.common.shm import RingError, RingReader
-from orstream.common.subjects import SOURCE_RENDITION, StreamId
-from orstream.common.telemetry import Counters, HopLatency
-from orstream.encoder.codec import VIDEO_CLOCK_HZ
-from orstream.encoder.convert import to_i420
-from orstream.encoder.h264 import H264Encoder
+from orstream.common.messages import FrameReady, Interest, MessageError, StreamDescriptor
+from orstream.common.registry import Registry
+from orstream.common.runner import ServiceContext, run
+from orstream.common.subjects import StreamId
+from orstream.common.telemetry import Counters
+from orstream.encoder.control import EXIT_REFUSED, WorkerControl
+from orstream.encoder.convert import ENCODABLE_FORMATS
+from orstream.encoder.interest import InterestTable
+from orstream.encoder.pipeline import StreamPipeline
 from orstream.encoder.settings import EncoderSettings
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("orstream.encoder")
-
-HOP = "encoder"
-#: Consecutive unreadable frames after which the ring is attached afresh (ingest restarted).
-REATTACH_AFTER_MISSES = 25
-STOP_JOIN_S = 5.0
-#: AUs waiting for the event loop; past this the loop is stalled and AUs are dropped.
-OUTBOX_LIMIT = 64
 
 
-def pts_of(capture_ns: int) -> int:
-    """Presentation time in 90 kHz units from the wall-clock capture time."""
-    return capture_ns * VIDEO_CLOCK_HZ // 1_000_000_000
+class StreamWorker:
+    name = "encoder-worker"
+    uses_bus = True
+    uses_health_port = False  # the supervisor relays /stats
 
-
-class StreamEncoder:
-    """Encodes one stream's source rendition; owns a thread and a ring reader."""
-
-    def __init__(
-        self,
-        stream: StreamId,
-        fps: float,
-        settings: EncoderSettings,
-        bus: Bus,
-        loop: asyncio.AbstractEventLoop,
-        counters: Counters,
-    ) -> None:
-        self.stream = stream
-        self.fps = fps
+    def __init__(self, settings: EncoderSettings, stream: StreamId, control: WorkerControl) -> None:
         self.settings = settings
-        self.bus = bus
-        self.loop = loop
-        self.counters = counters
-        self.subject = stream.encoded(SOURCE_RENDITION)
-        attrs = {"site": stream.site, "room": stream.room, "stream": stream.stream}
-        self.latency = HopLatency(HOP, attrs)
-        self.encode_ms = HopLatency("encode", attrs)
-        self._latest: FrameReady | None = None
-        self._latest_headers: dict[str, str] | None = None
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._force_keyframe = False
-        self._last_forced_ns = 0
-        self._thread = threading.Thread(target=self._run, name=f"encode-{stream}", daemon=True)
-        #: AUs from the encode thread to the event loop, which publishes them in order.
-        self._outbox: asyncio.Queue[tuple[bytes, dict[str, str]] | None] = asyncio.Queue(
-            OUTBOX_LIMIT
+        self.stream = stream
+        self.control = control
+        self.counters = Counters("orstream.encoder")
+        self.interest = InterestTable()
+        self.pipeline: StreamPipeline | None = None
+        self.exit_code = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ctx: ServiceContext | None = None
+
+    def refuse(self, reason: str, exit_code: int = EXIT_REFUSED) -> None:
+        """Stop with a reason the supervisor records on the stream's claim."""
+        if self.exit_code == 0:
+            self.exit_code = exit_code
+            self.control.send({"event": "refused", "reason": reason, "exit": exit_code})
+        if self._ctx is not None:
+            self._ctx.stopping.set()
+
+    async def start(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        bus = ctx.require_bus()
+        registry = await Registry.open(bus)
+        descriptor = await registry.get(self.stream)
+        if descriptor is None:
+            self.refuse("the stream is not in the registry")
+            return
+        if descriptor.pix_fmt not in ENCODABLE_FORMATS:
+            self.refuse(f"pixel format {descriptor.pix_fmt!r} cannot be encoded")
+            return
+        loop = asyncio.get_running_loop()
+        pipeline = StreamPipeline(
+            self.stream,
+            descriptor,
+            self.settings,
+            bus,
+            loop,
+            self.counters,
+            self.interest,
+            self.refuse,
         )
-        self._publisher: asyncio.Task[None] | None = None
+        self.pipeline = pipeline
 
-    def start(self) -> None:
-        self._publisher = self.loop.create_task(self._publish_loop())
-        self._thread.start()
-
-    async def _publish_loop(self) -> None:
-        while (item := await self._outbox.get()) is not None:
-            data, headers = item
+        async def on_frame(msg: Msg) -> None:
             try:
-                await self.bus.publish(self.subject, data, headers)
-            except Exception as exc:  # a reconnecting client buffers; a closed one raises
-                self.counters.add("publish_errors")
-                log.warning("%s: publish failed: %s", self.stream, exc)
+                note = FrameReady.decode(msg.data)
+            except MessageError as exc:
+                self.counters.add("notifications_malformed")
+                log.warning("%s: %s", msg.subject, exc)
+                return
+            pipeline.offer(note, msg.headers)
 
-    def _enqueue(self, item: tuple[bytes, dict[str, str]] | None) -> None:
-        try:
-            self._outbox.put_nowait(item)
-        except asyncio.QueueFull:
-            self.counters.add("access_units_dropped")
+        async def on_keyframe(_: Msg) -> None:
+            pipeline.request_keyframe()
 
-    def offer(self, note: FrameReady, headers: dict[str, str] | None) -> None:
-        """Hand over the newest frame; one the thread has not taken yet is dropped."""
-        with self._wake:
-            if self._latest is not None:
-                self.counters.add("frames_skipped")
-            self._latest = note
-            self._latest_headers = headers
-            self._wake.notify()
+        async def on_interest(msg: Msg) -> None:
+            try:
+                interest = Interest.decode(msg.data)
+            except MessageError as exc:
+                self.counters.add("interest_malformed")
+                log.warning("%s: %s", msg.subject, exc)
+                return
+            self.interest.update(interest, time.monotonic())
 
-    def request_keyframe(self) -> None:
-        """Next frame is an IDR, unless one was forced less than the minimum interval ago."""
-        now = time.monotonic_ns()
-        if now - self._last_forced_ns >= self.settings.keyframe_min_interval_s * 1e9:
-            self._last_forced_ns = now
-            self._force_keyframe = True
-            self.counters.add("keyframes_forced")
-        else:
-            self.counters.add("keyframe_requests_coalesced")
-
-    async def stop(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        await asyncio.to_thread(self._thread.join, STOP_JOIN_S)
-        if self._publisher is not None:
-            if self._outbox.full():
-                self._publisher.cancel()
-            else:
-                self._outbox.put_nowait(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher
-
-    def _take(self) -> tuple[FrameReady, dict[str, str] | None] | None:
-        with self._wake:
-            while self._latest is None and not self._stopping:
-                self._wake.wait()
-            if self._stopping or self._latest is None:
-                return None
-            note, headers = self._latest, self._latest_headers
-            self._latest = self._latest_headers = None
-            return note, headers
-
-    def _run(self) -> None:
-        reader: RingReader | None = None
-        encoder: H264Encoder | None = None
-        misses = 0
-        try:
-            while (item := self._take()) is not None:
-                note, headers = item
-                if reader is None or misses >= REATTACH_AFTER_MISSES:
-                    if reader is not None:
-                        reader.close()
-                    try:
-                        reader = RingReader.attach(note.ring)
-                    except RingError as exc:
-                        log.warning("%s: %s", self.stream, exc)
-                        self.counters.add("ring_missing")
-                        reader = None
-                        continue
-                    misses = 0
-                if encoder is None:
-                    encoder = H264Encoder(
-                        note.width,
-                        note.height,
-                        self.fps,
-                        self.settings.bitrate_bps,
-                        self.settings.keyframe_interval_s,
-                        self.settings.x264_preset,
-                        self.settings.threads,
-                    )
-                parent = propagate.extract(headers) if headers else None
-                token = context.attach(parent) if parent is not None else None
+        async def follow_registry() -> None:
+            watcher = await registry.kv.watch(self.stream.key, include_history=False)
+            async for entry in watcher:
+                if entry is None or not entry.value:
+                    continue
                 try:
-                    if self._encode_one(reader, encoder, note):
-                        misses = 0
-                    else:
-                        misses += 1
-                finally:
-                    if token is not None:
-                        context.detach(token)
-        except Exception:
-            log.exception("%s: encoder thread failed", self.stream)
-            self.counters.add("encoder_failures")
-        finally:
-            if reader is not None:
-                reader.close()
-            if encoder is not None:
-                encoder.close()
+                    pipeline.update_descriptor(StreamDescriptor.decode(entry.value))
+                except MessageError as exc:
+                    log.warning("registry %s: %s", entry.key, exc)
 
-    def _encode_one(self, reader: RingReader, encoder: H264Encoder, note: FrameReady) -> bool:
-        with tracer.start_as_current_span("encoder.read"):
+        pipeline.start()
+        ctx.stack.push_async_callback(pipeline.stop)
+        await bus.subscribe(self.stream.interest(), on_interest)
+        await bus.subscribe(self.stream.keyframe(), on_keyframe)
+        await bus.subscribe(self.stream.frame(), on_frame)
+        self._tasks = [
+            asyncio.create_task(follow_registry()),
+            asyncio.create_task(self._serve_control(ctx)),
+        ]
+        ctx.stack.push_async_callback(self._cancel_tasks)
+        log.info("%s: worker up (renditions %s)", self.stream, self._rendition_names())
+
+    def _rendition_names(self) -> str:
+        return ", ".join(r.name for r in self.settings.renditions)
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _serve_control(self, ctx: ServiceContext) -> None:
+        requests = await self.control.requests()
+        while line := await requests.readline():
             try:
-                frame = reader.read(note.seq, to_i420)
-            except (RingError, ValueError) as exc:  # a slot that does not hold what it says
-                self.counters.add("frames_rejected")
-                log.warning("%s: frame %d rejected: %s", self.stream, note.seq, exc)
-                return True
-        if frame is None:
-            self.counters.add("frames_torn")
-            return False
-        frame.pts = pts_of(note.capture_ns)
-        force = self._force_keyframe
-        self._force_keyframe = False
-        started = time.perf_counter()
-        with tracer.start_as_current_span("encoder.encode"):
-            units = encoder.encode(frame, force)
-        self.encode_ms.record((time.perf_counter() - started) * 1e3, note.capture_ns)
-        for unit in units:
-            with tracer.start_as_current_span("encoder.publish") as span:
-                carrier: dict[str, str] = {}
-                if span.is_recording():
-                    propagate.inject(carrier)
-                published_ns = time.time_ns()
-                meta = AccessUnitMeta(
-                    seq=note.seq,
-                    pts=unit.pts,
-                    key=unit.key,
-                    codec=encoder.codec,
-                    capture_ns=note.capture_ns,
-                    notified_ns=note.notified_ns,
-                    published_ns=published_ns,
-                    traceparent=carrier.get("traceparent"),
-                )
-                self.loop.call_soon_threadsafe(self._enqueue, (unit.data, meta.to_headers()))
-            self.latency.record((published_ns - note.notified_ns) / 1e6, note.capture_ns)
-            self.counters.add("access_units_out")
-            if unit.key:
-                self.counters.add("keyframes_out")
-        return True
+                request = json.loads(line)
+                since_ns = int(request.get("since_ns", 0))
+                reply_to = request["id"]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.warning("control: malformed request %r: %s", line[:80], exc)
+                continue
+            self.control.send({"id": reply_to, "stats": self.stats(since_ns)})
+        log.info("%s: supervisor gone; stopping", self.stream)
+        ctx.stopping.set()
+
+    def ready(self) -> bool:
+        return self.pipeline is not None
+
+    def stats(self, since_ns: int) -> dict[str, Any]:
+        stream = self.pipeline.stats(since_ns) if self.pipeline else {}
+        return {"stream": stream, "counters": self.counters.snapshot()}
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m orstream.encoder.worker <site>.<room>.<stream>")
+    stream = StreamId.parse(sys.argv[1])
+    control = WorkerControl.from_stdio()
+    settings = EncoderSettings()
+    worker = StreamWorker(settings, stream, control)
+    run(worker, settings)
+    sys.exit(worker.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -45,6 +45,7 @@ class SignalingService:
         )
         registry = await Registry.open(bus)
         self.sessions = SessionManager(self.settings, bus, self.counters)
+        self.sessions.interest.start()
         app = FastAPI(title="orstream edge", docs_url=None, redoc_url=None)
         app.add_middleware(
             CORSMiddleware,

@@ -24,7 +24,9 @@ from orstream.common.telemetry import Counters
 from orstream.signaling.auth import Identity
 from orstream.signaling.fanout import StreamFanout, StreamLatency
 from orstream.signaling.ice import configuration
+from orstream.signaling.interest import InterestReporter
 from orstream.signaling.offer import OfferRejected, validate_offer
+from orstream.signaling.remb import record_remb
 from orstream.signaling.settings import SignalingSettings
 from orstream.signaling.track import AccessUnitTrack
 
@@ -63,6 +65,13 @@ class SessionManager:
         self.fanouts: dict[StreamId, StreamFanout] = {}
         self.latency: dict[StreamId, StreamLatency] = {}
         self._closing: set[asyncio.Task[Any]] = set()
+        self.interest = InterestReporter(
+            bus,
+            settings.edge_id,
+            lambda: list(self.fanouts.values()),
+            settings.interest_interval_s,
+            counters,
+        )
 
     async def open(
         self, identity: Identity, stream: StreamId, offer_sdp: str
@@ -72,6 +81,8 @@ class SessionManager:
         pc = RTCPeerConnection(configuration(self.settings.ice_servers))
         fanout = await self._fanout(stream)
         track = fanout.attach(self.settings.peer_queue_aus)
+        if len(fanout.tracks) == 1:
+            self.interest.changed(stream)
         session = PeerSession(secrets.token_urlsafe(18), identity, stream, pc, track, fanout)
         try:
             # The transceiver exists before the offer is applied, so the offer's video m-line
@@ -81,6 +92,7 @@ class SessionManager:
             # aiortc alone would turn a PLI/FIR into a flag for its own encoder, which pre-encoded
             # AUs never reach; the fan-out turns it into one coalesced request to our encoder.
             transceiver.sender._send_keyframe = track.keyframe_needed  # type: ignore[method-assign]
+            record_remb(transceiver.sender, track)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             except InvalidAccessError as exc:
@@ -157,6 +169,7 @@ class SessionManager:
         await asyncio.gather(*self._closing, return_exceptions=True)
         await asyncio.gather(*(f.stop() for f in self.fanouts.values()))
         self.fanouts.clear()
+        await self.interest.stop()
 
     async def _fanout(self, stream: StreamId) -> StreamFanout:
         fanout = self.fanouts.get(stream)
@@ -173,6 +186,7 @@ class SessionManager:
         fanout.detach(track)
         if not fanout.tracks and self.fanouts.get(fanout.stream) is fanout:
             del self.fanouts[fanout.stream]
+            self.interest.changed(fanout.stream)
             task = asyncio.get_running_loop().create_task(fanout.stop())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from pydantic import Field
 
 from orstream.common.config import CommonSettings
@@ -12,6 +15,13 @@ DEFAULT_PEER_QUEUE_AUS = 8
 #: A peer that has not connected this long after its answer is reaped.
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 DEFAULT_KEYFRAME_REQUEST_INTERVAL_S = 0.2
+#: How often the edge tells encoders which renditions it has peers on; they drop a rendition
+#: after four silent intervals.
+DEFAULT_INTEREST_INTERVAL_S = 0.5
+
+
+def default_edge_id() -> str:
+    return f"edge-{socket.gethostname().split('.')[0]}-{os.getpid()}"
 
 
 class SignalingSettings(CommonSettings):
@@ -27,5 +37,8 @@ class SignalingSettings(CommonSettings):
     peer_queue_aus: int = Field(default=DEFAULT_PEER_QUEUE_AUS, ge=2, le=500)
     connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
     keyframe_request_interval_s: float = Field(default=DEFAULT_KEYFRAME_REQUEST_INTERVAL_S, ge=0)
+    interest_interval_s: float = Field(default=DEFAULT_INTEREST_INTERVAL_S, gt=0, le=5.0)
+    #: This edge's name in ``.interest`` messages (unique among the edges of a site).
+    edge_id: str = Field(default_factory=default_edge_id)
     #: Algorithms accepted on bearer tokens; never ``none``.
     jwt_algorithms: list[str] = Field(default_factory=lambda: ["ES256"])

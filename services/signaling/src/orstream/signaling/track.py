@@ -50,6 +50,8 @@ class AccessUnitTrack(MediaStreamTrack):
         self._in_flight: AccessUnit | None = None
         self._send_latency = send_latency
         self._counters = counters
+        #: The peer's receiver estimated maximum bitrate (REMB), bit/s; 0 until it says.
+        self.remb_bps = 0
 
     def push(self, unit: AccessUnit) -> None:
         """Queue an AU (called by the fan-out for every AU of the stream)."""

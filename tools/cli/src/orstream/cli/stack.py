@@ -14,7 +14,6 @@ orphaned.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from orstream.common.process import die_with_parent
 from orstream.common.shm import unlink_ring
 from orstream.common.subjects import StreamId
 
@@ -79,13 +79,6 @@ def nats_server_binary() -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies (Linux), so no service is orphaned."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def wait_tcp(host: str, port: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -131,7 +124,7 @@ class EmbeddedNats:
             stdout=log_file or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         try:
             wait_tcp("127.0.0.1", self.port, 15.0)
@@ -310,7 +303,7 @@ class Stack:
             stdout=log_file,
             stderr=subprocess.STDOUT if log_file else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         process = Process(label, popen, ready_url, log_path)
         self.processes.append(process)

@@ -1,0 +1,168 @@
+"""A stream's worker process, seen from the supervisor: started, watched, restarted, stopped.
+
+A worker that dies is restarted after a backoff that doubles while it keeps dying (and resets
+once it has run a while); one that refuses its stream (an encoder that will not open) is retried
+only after the longest backoff, with its reason kept for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from orstream.common.process import die_with_parent
+from orstream.common.subjects import StreamId
+from orstream.common.telemetry import Counters
+from orstream.encoder.control import EXIT_REFUSED
+from orstream.encoder.settings import EncoderSettings
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0
+STATS_TIMEOUT_S = 2.0
+#: A worker that ran this long before dying starts the backoff afresh.
+HEALTHY_RUN_S = 10.0
+
+
+class WorkerProcess:
+    def __init__(
+        self,
+        stream: StreamId,
+        settings: EncoderSettings,
+        counters: Counters,
+        on_refused: Callable[[StreamId, str], None],
+    ) -> None:
+        self.stream = stream
+        self.settings = settings
+        self.counters = counters
+        self.on_refused = on_refused
+        self.refusal = ""
+        self.starts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.returncode is None else None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"worker-{self.stream}")
+
+    async def _supervise(self) -> None:
+        backoff = self.settings.restart_backoff_s
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            code = await self._run_once()
+            if self._stopping.is_set():
+                return
+            ran_s = time.monotonic() - started
+            if code == EXIT_REFUSED:
+                self.counters.add("workers_refused")
+                delay = self.settings.restart_backoff_max_s
+                log.error(
+                    "%s: worker refused (%s); retrying in %g s", self.stream, self.refusal, delay
+                )
+                self.on_refused(self.stream, self.refusal)
+            else:
+                if ran_s >= HEALTHY_RUN_S:
+                    backoff = self.settings.restart_backoff_s
+                self.counters.add("worker_restarts")
+                delay = backoff
+                backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
+                log.error(
+                    "%s: worker exited with %s after %.1f s; restarting in %g s",
+                    self.stream,
+                    code,
+                    ran_s,
+                    delay,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _run_once(self) -> int | None:
+        self.refusal = ""
+        self.starts += 1
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "orstream.encoder.worker",
+                self.stream.key,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                preexec_fn=die_with_parent,
+            )
+        except OSError as exc:
+            log.error("%s: cannot start a worker: %s", self.stream, exc)
+            return None
+        log.info("%s: worker pid %d started", self.stream, self._proc.pid)
+        assert self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            self._on_line(line)
+        code = await self._proc.wait()
+        for future in self._replies.values():
+            if not future.done():
+                future.set_result({})
+        self._replies.clear()
+        return code
+
+    def _on_line(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warning("%s: worker wrote %r", self.stream, line[:120])
+            return
+        if message.get("event") == "refused":
+            self.refusal = str(message.get("reason", ""))
+            return
+        future = self._replies.pop(message.get("id", -1), None)
+        if future is not None and not future.done():
+            future.set_result(message.get("stats") or {})
+
+    async def stats(self, since_ns: int) -> dict[str, Any] | None:
+        """The worker's own stats, or None if it does not answer in time."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None or proc.stdin is None:
+            return None
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        try:
+            proc.stdin.write(json.dumps({"id": request_id, "since_ns": since_ns}).encode() + b"\n")
+            await proc.stdin.drain()
+            return await asyncio.wait_for(future, STATS_TIMEOUT_S)
+        except (TimeoutError, ConnectionError):
+            return None
+        finally:
+            self._replies.pop(request_id, None)
+
+    async def stop(self) -> None:
+        """SIGTERM, a grace period to drain, then SIGKILL."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                log.warning(
+                    "%s: worker did not stop in %g s; killing it", self.stream, STOP_GRACE_S
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
