@@ -34,6 +34,9 @@ class H264Encoder(VideoEncoder):
         pix_fmt = "yuv420p"
         options: dict[str, str]
         if implementation == "libx264":
+            # x264 signals the least profile its tools need, and ultrafast needs only baseline:
+            # the higher profiles turn on what makes them worth having (CABAC, 8x8 transform).
+            tools = {"baseline": "", "main": ":cabac=1", "high": ":cabac=1:8x8dct=1"}[profile]
             options = {
                 "preset": preset,
                 "tune": "zerolatency",
@@ -41,7 +44,7 @@ class H264Encoder(VideoEncoder):
                 "forced-idr": "1",
                 "x264-params": (
                     f"keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1"
-                    f":vbv-maxrate={kbps}:vbv-bufsize={max(kbps // 2, 1)}:nal-hrd=none"
+                    f":vbv-maxrate={kbps}:vbv-bufsize={max(kbps // 2, 1)}:nal-hrd=none{tools}"
                 ),
             }
         elif implementation == "h264_nvenc":

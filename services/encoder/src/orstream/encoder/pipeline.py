@@ -232,18 +232,25 @@ class StreamPipeline:
 
     def _format_matches(self, note: FrameReady) -> bool:
         d = self.descriptor
-        if (note.width, note.height, note.pix_fmt) == (d.width, d.height, d.pix_fmt):
+        if (note.ring, note.width, note.height, note.pix_fmt) == (
+            d.ring,
+            d.width,
+            d.height,
+            d.pix_fmt,
+        ):
             return True
         self._complain(
             "frames_format_mismatch",
-            "frame %d is %s %dx%d but the registry says %s %dx%d; dropped",
+            "frame %d is %s %dx%d in ring %s but the registry says %s %dx%d in %s; dropped",
             note.seq,
             note.pix_fmt,
             note.width,
             note.height,
+            note.ring,
             d.pix_fmt,
             d.width,
             d.height,
+            d.ring,
         )
         return False
 

@@ -46,6 +46,8 @@ class WorkerProcess:
         self.on_refused = on_refused
         self.refusal = ""
         self.starts = 0
+        #: The running worker has started (it answers stats requests from then on).
+        self.up = False
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -92,6 +94,7 @@ class WorkerProcess:
 
     async def _run_once(self) -> int | None:
         self.refusal = ""
+        self.up = False
         self.starts += 1
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -111,6 +114,7 @@ class WorkerProcess:
         while line := await self._proc.stdout.readline():
             self._on_line(line)
         code = await self._proc.wait()
+        self.up = False
         for future in self._replies.values():
             if not future.done():
                 future.set_result({})
@@ -123,7 +127,11 @@ class WorkerProcess:
         except ValueError:
             log.warning("%s: worker wrote %r", self.stream, line[:120])
             return
-        if message.get("event") == "refused":
+        event = message.get("event")
+        if event == "up":
+            self.up = True
+            return
+        if event == "refused":
             self.refusal = str(message.get("reason", ""))
             return
         future = self._replies.pop(message.get("id", -1), None)
@@ -133,7 +141,7 @@ class WorkerProcess:
     async def stats(self, since_ns: int) -> dict[str, Any] | None:
         """The worker's own stats, or None if it does not answer in time."""
         proc = self._proc
-        if proc is None or proc.returncode is not None or proc.stdin is None:
+        if not self.up or proc is None or proc.returncode is not None or proc.stdin is None:
             return None
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

@@ -262,7 +262,7 @@ class EncoderService:
         counters = self.counters.snapshot()
         out: dict[str, Any] = {}
         for (stream, worker), reply in zip(streams, replies, strict=True):
-            entry: dict[str, Any] = {"pid": worker.pid, "starts": worker.starts}
+            entry: dict[str, Any] = {"pid": worker.pid, "starts": worker.starts, "up": worker.up}
             if worker.refusal or stream in self._refusals:
                 entry["refused"] = worker.refusal or self._refusals[stream]
             if reply:

@@ -122,6 +122,7 @@ class StreamWorker:
             asyncio.create_task(self._serve_control(ctx)),
         ]
         ctx.stack.push_async_callback(self._cancel_tasks)
+        self.control.send({"event": "up"})
         log.info("%s: worker up (renditions %s)", self.stream, self._rendition_names())
 
     def _rendition_names(self) -> str:

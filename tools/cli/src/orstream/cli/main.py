@@ -2,7 +2,8 @@
 
 ::
 
-    orstream up [--source [NAME=]URL ...] [--room R] [--stream S] [--viewer-port P] [--edge-port P]
+    orstream up [--source [NAME=]URL ...] [--streams N] [--encoders K] [--room R] [--stream S]
+                [--viewer-port P] [--edge-port P]
     orstream token --role R --rooms GLOB [--ttl S] [--sub NAME]
     orstream bench latency [--seconds S] [--resolution WxH] [--fps F] [--peers N] --json PATH
     orstream bench ingest [--source URL] [--seconds S] --json PATH
@@ -57,11 +58,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def stream_specs(sources: Sequence[str], first_stream: str) -> list[StreamSpec]:
+def stream_specs(sources: Sequence[str], first_stream: str, count: int = 0) -> list[StreamSpec]:
     """``[name=]url`` arguments → one stream each; unnamed ones are ``first_stream``, then
-    ``stream2``, ``stream3``… (names must be unique and valid subject tokens)."""
+    ``stream2``, ``stream3``… (names must be unique and valid subject tokens). Test patterns
+    make up the rest when ``count`` asks for more streams than sources were given."""
     specs: list[StreamSpec] = []
-    for i, arg in enumerate(sources or ["testpattern:"]):
+    sources = list(sources or ["testpattern:"])
+    sources += ["testpattern:"] * (count - len(sources))
+    for i, arg in enumerate(sources):
         name, sep, url = arg.partition("=")
         if not sep or ":" in name or not re.fullmatch(TOKEN_PATTERN, name):
             name, url = (first_stream if i == 0 else f"stream{i + 1}"), arg
@@ -75,7 +79,7 @@ def stream_specs(sources: Sequence[str], first_stream: str) -> list[StreamSpec]:
 def cmd_up(args: argparse.Namespace) -> int:
     settings = CommonSettings()
     try:
-        specs = stream_specs(args.source, args.stream)
+        specs = stream_specs(args.source, args.stream, args.streams)
     except ValueError as exc:
         print(f"orstream: {exc}", file=sys.stderr)
         return 2
@@ -88,6 +92,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         viewer_port=port_or_free(args.viewer_port, args.host),
         edge_port=port_or_free(args.edge_port, args.host),
         host=args.host,
+        encoders=args.encoders,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,7 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(
         f"orstream: starting the stack for {config.site}/{config.room}: "
         + ", ".join(f"{s.stream} ← {s.source}" for s in specs)
-        + " …",
+        + f"; {config.encoders} encoder replica{'s' if config.encoders > 1 else ''} …",
         flush=True,
     )
     try:
@@ -112,7 +117,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  NATS      {stack.nats_url}{' (embedded)' if stack.nats else ''}\n"
             f"  Edge      {stack.edge_url}  (WHEP: {stack.whep_url()})\n"
             f"  Viewer    {stack.viewer_url}/\n"
-            "\n"
+            + "".join(
+                f"  Encoder   encoder-{i}: {stack.stats_url(f'encoder-{i}')} (its streams)\n"
+                for i in range(1, config.encoders + 1)
+            )
+            + "\n"
             f"  Open this in a browser (token for the surgeon role):\n"
             f"    {stack.viewer_url}/#token={tokens['surgeon']}\n"
             + (
@@ -181,6 +190,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="[NAME=]URL",
         help="a stream's source, repeatable: testpattern:, sdp:PATH, file:PATH[?loop=1], "
         "dicom:PATH[?loop=1], v4l2:/dev/videoN, lavfi:GRAPH (default: the synthetic endoscope)",
+    )
+    up.add_argument(
+        "--streams",
+        type=int,
+        default=0,
+        metavar="N",
+        help="streams in the room: the sources given, then test patterns up to N",
+    )
+    up.add_argument(
+        "--encoders",
+        type=int,
+        default=1,
+        metavar="K",
+        help="encoder replicas; they share the streams and take over each other's",
     )
     up.add_argument("--room", default="or1")
     up.add_argument("--stream", default="endoscope")

@@ -169,6 +169,8 @@ class StackConfig:
     #: Host candidates the edge offers in ICE (empty: every non-loopback interface).
     ice_host_addresses: list[str] = field(default_factory=list)
     state_dir: Path | None = None
+    #: Encoder replicas; they share the streams between them.
+    encoders: int = 1
     #: Services' logs go to files here (None: inherit this process's stderr).
     log_dir: Path | None = None
     services: tuple[str, ...] = ("ingest", "encoder", "metadata", "signaling", "viewer")
@@ -251,12 +253,16 @@ class Stack:
             env["ORSTREAM_STATE_DIR"] = str(c.state_dir)
         return env
 
-    def _service_env(self, name: str, spec: StreamSpec | None = None) -> tuple[dict[str, str], str]:
+    def _service_env(
+        self, name: str, spec: StreamSpec | None = None, replica: int | None = None
+    ) -> tuple[dict[str, str], str]:
         c = self.config
         env = self.base_env()
         if spec is not None:
             env["ORSTREAM_STREAM"] = spec.stream
             env["ORSTREAM_SOURCE"] = spec.source
+        if replica is not None:
+            env["ORSTREAM_REPLICA"] = f"{name}-{replica}"
         if name == "signaling":
             env["ORSTREAM_HTTP_HOST"] = c.host
             env["ORSTREAM_HTTP_PORT"] = str(self.edge_port)
@@ -273,6 +279,8 @@ class Stack:
         self.health_ports.setdefault(name, port)
         if spec is not None:
             self.health_ports[f"{name}:{spec.stream}"] = port
+        if replica is not None:
+            self.health_ports[f"{name}-{replica}"] = port
         env["ORSTREAM_HEALTH_HOST"] = c.host
         env["ORSTREAM_HEALTH_PORT"] = str(port)
         return env, f"http://{c.host}:{port}/readyz"
@@ -287,15 +295,23 @@ class Stack:
                 if name == "ingest":
                     for spec in self.specs:
                         self.start_service(name, spec)
+                elif name == "encoder":
+                    for replica in range(1, self.config.encoders + 1):
+                        self.start_service(name, replica=replica)
                 else:
                     self.start_service(name)
         except BaseException:
             self.stop()
             raise
 
-    def start_service(self, name: str, spec: StreamSpec | None = None) -> Process:
-        env, ready_url = self._service_env(name, spec)
+    def start_service(
+        self, name: str, spec: StreamSpec | None = None, replica: int | None = None
+    ) -> Process:
+        """Start one service process; ``replica`` numbers the encoder replicas (1, 2, …)."""
+        env, ready_url = self._service_env(name, spec, replica)
         label = name if spec is None or len(self.specs) == 1 else f"{name}-{spec.stream}"
+        if replica is not None and self.config.encoders > 1:
+            label = f"{name}-{replica}"
         log_file, log_path = self._log_target(label)
         popen = subprocess.Popen(
             [sys.executable, "-m", f"orstream.{name}"],
