@@ -81,6 +81,17 @@ async def _holder(kv: KeyValue, stream: StreamId) -> str:
     return EncoderClaim.decode(entry.value).replica if entry.value else ""
 
 
+async def _worker_up(
+    stack: Stack, stream: StreamId | None = None, replica: str = "encoder"
+) -> None:
+    key = str(stream or stack.stream)
+    await _until(
+        lambda: stack.stats(replica)["streams"].get(key, {}).get("up"),
+        30,
+        f"no worker for {key} came up",
+    )
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
@@ -164,6 +175,7 @@ def one_stream(
         '[{"name": "src"}, {"name": "180p", "height": 180, "bitrate_bps": 300000}]',
     )
     with Stack(_config(nats_url, state_dir, tmp_path, streams=1, encoders=1)) as stack:
+        asyncio.run(_worker_up(stack))
         yield stack
 
 
@@ -228,7 +240,7 @@ async def test_a_keyframe_request_yields_an_idr_within_200_ms(one_stream: Stack)
 
 
 async def test_an_unwatched_rendition_is_not_encoded(one_stream: Stack) -> None:
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(1.5)
     counters = one_stream.stats("encoder")["counters"]
     assert counters.get("access_units_out", 0) == 0, "encoded with nobody watching"
     assert counters["frames_unwatched"] > 10
@@ -286,6 +298,7 @@ async def test_bad_input_is_counted_and_other_streams_go_on(
                     state="live",
                 )
             )
+            await _worker_up(stack)
             refused = await _until(
                 lambda: stack.stats("encoder")["streams"].get(str(bad), {}).get("refused"),
                 20,
@@ -329,9 +342,10 @@ async def test_a_crashed_worker_is_restarted(
         entry = await _until(
             lambda: (
                 (e := stack.stats("encoder")["streams"].get(key, {})).get("pid") not in (None, pid)
+                and e.get("up")
                 and e
             ),
-            10,
+            15,
             "the killed worker was not restarted",
         )
         assert entry["starts"] == 2
