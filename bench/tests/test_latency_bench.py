@@ -47,6 +47,6 @@ def test_bench_latency_writes_its_json(tmp_path: Path, state_dir: Path) -> None:
     assert g2g["n"] > 0
     assert 0 < g2g["p50"] <= g2g["p95"] <= g2g["p99"]
     assert 0 < results["frames_received"] <= results["frames_sent"]
-    for hop in ("ingest", "encoder", "encode", "nats", "edge"):
+    for hop in ("ingest", "encoder", "encode", "encoder_queue", "nats", "edge"):
         assert results["hops"][hop]["n"] > 0, hop
         assert results["hops"][hop]["p50"] <= results["hops"][hop]["p95"], hop

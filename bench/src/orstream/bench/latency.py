@@ -84,6 +84,8 @@ def run(seconds: float, warmup_s: float, resolution: str, fps: float, peers: int
         "ingest": ingest["hops"]["ingest"],
         "encoder": encoder["streams"].get(key, {}).get("encoder", {}),
         "encode": encoder["streams"].get(key, {}).get("encode", {}),
+        # notification → the encode thread took the frame (inside the encoder hop)
+        "encoder_queue": encoder["streams"].get(key, {}).get("queue", {}),
         "nats": edge["streams"].get(key, {}).get("nats", {}),
         "edge": edge["streams"].get(key, {}).get("edge", {}),
     }
