@@ -104,15 +104,6 @@ class StreamId:
         return self.key
 
 
-def all_frames(site: str) -> str:
-    """Wildcard for every raw-frame notification of a site."""
-    return f"or.{check_token(site, 'site')}.*.*.frame"
-
-
-def all_keyframe_requests(site: str) -> str:
-    return f"or.{check_token(site, 'site')}.*.*.keyframe"
-
-
 def replica_key(site: str, replica: str) -> str:
     """Key of an encoder replica's presence in the encoder bucket."""
     return f"replica.{check_token(site, 'site')}.{check_token(replica, 'replica')}"
