@@ -95,8 +95,9 @@ async def test_presence_tells_each_replica_how_many_share_the_work(
     a, b, site = books
     await a.announce(ReplicaPresence(replica="replica-a"))
     await b.announce(ReplicaPresence(replica="replica-b"))
-    for i in range(3):
-        assert await a.claim(StreamId(site, "or1", f"s{i}"), EncoderClaim(replica="replica-a"))
-    await _until(lambda: b.load() == {"replica-a": 3, "replica-b": 0})
+    await _until(lambda: set(b.live_replicas()) == {"replica-a", "replica-b"})
+    await a.announce(ReplicaPresence(replica="replica-a", streams=3, rooms=["or1"]))
+    await _until(lambda: b.live_replicas()["replica-a"].streams == 3)
+    assert b.live_replicas()["replica-a"].rooms == ["or1"]
     await b.withdraw()
-    await _until(lambda: a.live_replicas() == {"replica-a"})
+    await _until(lambda: set(a.live_replicas()) == {"replica-a"})

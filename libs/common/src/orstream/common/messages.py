@@ -201,11 +201,12 @@ class StreamDescriptor(JsonMessage, kw_only=True):
 
 
 class Interest(JsonMessage):
-    """``.interest``: the renditions one watcher (an edge) has peers on, sent every second.
+    """``.interest``: the renditions one watcher (an edge) has peers on, repeated every interval.
 
     ``renditions`` maps a rendition to the highest bitrate its peers report they can take (REMB,
     bit/s), 0 when none has said. An empty map withdraws the watcher at once; otherwise it holds
-    for ``ttl_ms``, so a watcher that vanishes stops costing CPU within a few seconds.
+    for ``ttl_ms`` (the sender sets it to a few of its intervals), so a watcher that vanishes
+    stops costing CPU within seconds.
     """
 
     watcher: str
@@ -229,9 +230,20 @@ class EncoderClaim(JsonMessage, kw_only=True):
 
 
 class ReplicaPresence(JsonMessage, kw_only=True):
-    """``replica.<site>.<replica>``: an encoder replica is alive (renewed by heartbeat)."""
+    """``replica.<site>.<replica>``: an encoder replica is alive (renewed by heartbeat), and
+    which streams it could take (its host's rings, its rooms, its limit)."""
 
     replica: str
     host: str = ""
+    rooms: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    max_streams: int = 0
     streams: int = 0
     renewed_ns: int = 0
+
+    @property
+    def scope(self) -> tuple[str, tuple[str, ...]]:
+        """Replicas with the same scope compete for the same streams and share them evenly."""
+        return self.host, tuple(sorted(self.rooms))
+
+    def has_room(self) -> bool:
+        return self.max_streams == 0 or self.streams < self.max_streams

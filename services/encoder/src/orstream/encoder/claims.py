@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from orstream.common.messages import EncoderClaim, MessageError, ReplicaPresence
@@ -43,10 +43,9 @@ class ClaimBook:
         self.replica = replica
         self.lease_s = lease_s
         self._claims: dict[StreamId, Seen] = {}
-        self._replicas: dict[str, Seen] = {}
+        self._replicas: dict[str, tuple[Seen, ReplicaPresence]] = {}
         #: Revisions of this replica's own claims (what the next renewal must match).
         self._mine: dict[StreamId, int] = {}
-        self._presence_revision = 0
         self._watch: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
 
@@ -87,18 +86,27 @@ class ClaimBook:
                 name = rest.partition(".")[2]
                 if deleted:
                     self._replicas.pop(name, None)
-                else:
-                    self._replicas[name] = Seen(name, entry.revision or 0, now)
+                    continue
+                try:
+                    presence = ReplicaPresence.decode(entry.value)
+                except MessageError as exc:
+                    log.warning("encoder bucket %s: %s", entry.key, exc)
+                    continue
+                self._replicas[name] = (Seen(name, entry.revision or 0, now), presence)
 
     # -- what this replica sees -----------------------------------------------------------
 
     def _live(self, seen: Seen, now: float) -> bool:
         return now - seen.seen_s < self.lease_s
 
-    def live_replicas(self) -> set[str]:
+    def live_replicas(self) -> dict[str, ReplicaPresence]:
+        """Every replica whose presence is renewed, as it last described itself."""
         now = time.monotonic()
-        live = {name for name, seen in self._replicas.items() if self._live(seen, now)}
-        return live | {self.replica}
+        return {
+            name: presence
+            for name, (seen, presence) in self._replicas.items()
+            if self._live(seen, now)
+        }
 
     def holder(self, stream: StreamId) -> str | None:
         """The replica holding a live claim on ``stream`` (None: free for the taking)."""
@@ -109,16 +117,6 @@ class ClaimBook:
             return None
         return seen.holder
 
-    def load(self) -> dict[str, int]:
-        """Live replica → how many streams it holds."""
-        now = time.monotonic()
-        counts = dict.fromkeys(self.live_replicas(), 0)
-        for stream, seen in self._claims.items():
-            if stream not in self._mine and self._live(seen, now) and seen.holder in counts:
-                counts[seen.holder] += 1
-        counts[self.replica] = len(self._mine)
-        return counts
-
     def mine(self) -> set[StreamId]:
         return set(self._mine)
 
@@ -126,9 +124,7 @@ class ClaimBook:
 
     async def announce(self, presence: ReplicaPresence) -> None:
         presence.renewed_ns = time.time_ns()
-        self._presence_revision = await self.kv.put(
-            replica_key(self.site, self.replica), presence.encode()
-        )
+        await self.kv.put(replica_key(self.site, self.replica), presence.encode())
 
     async def withdraw(self) -> None:
         with contextlib.suppress(Exception):
@@ -148,9 +144,12 @@ class ClaimBook:
                     stream.claim_key, claim.encode(), last=seen.revision
                 )
         except KeyWrongLastSequenceError:
-            return False
+            landed = await self._still_mine(stream)
+            if landed is None:
+                return False
+            revision = landed
         self._mine[stream] = revision
-        if seen is not None:
+        if seen is not None and seen.holder != self.replica:
             log.warning(
                 "took over %s from %s (claim not renewed for %.1f s)",
                 stream,
@@ -173,9 +172,27 @@ class ClaimBook:
                 stream.claim_key, claim.encode(), last=revision
             )
         except KeyWrongLastSequenceError:
-            del self._mine[stream]
-            return False
+            current = await self._still_mine(stream)
+            if current is None:
+                del self._mine[stream]
+                return False
+            self._mine[stream] = current
         return True
+
+    async def _still_mine(self, stream: StreamId) -> int | None:
+        """After a revision mismatch: a write of ours that timed out may still have landed.
+        Returns the current revision if the claim names this replica."""
+        try:
+            entry = await self.kv.get(stream.claim_key)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        try:
+            holder = EncoderClaim.decode(entry.value).replica
+        except MessageError:
+            return None
+        return entry.revision if holder == self.replica else None
 
     def relinquish(self, stream: StreamId) -> int | None:
         """Stop renewing ``stream``; returns the revision to :meth:`delete` once its worker is

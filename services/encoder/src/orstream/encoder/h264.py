@@ -102,11 +102,12 @@ def open_h264(
     profile: str = "baseline",
     vaapi_device: str = "",
 ) -> H264Encoder:
-    """The chosen implementation, or libx264 with a log line when a hardware one will not open.
+    """The chosen implementation, or libx264 with a log line when a hardware one will not open
+    (once per process: later encoders go straight to libx264).
 
     Raises :class:`EncoderOpenError` only when libx264 itself cannot encode this.
     """
-    if implementation != "libx264":
+    if implementation != "libx264" and implementation not in _fell_back:
         try:
             return H264Encoder(
                 width,

@@ -73,6 +73,8 @@ class RenditionState:
     subject: str
     latency: HopLatency
     encode_ms: HopLatency
+    #: Per rendition, so an IDR one rendition makes anyway never answers another's request.
+    keyframes: KeyframePolicy
     encoder: VideoEncoder | None = None
     reformatter: VideoReformatter = field(default_factory=VideoReformatter)
     bitrate_set_s: float = 0.0
@@ -119,7 +121,6 @@ class StreamPipeline:
         self.interest = interest
         #: Called (on the loop) with a reason and an exit status when the stream cannot go on.
         self.on_failure = on_failure
-        self.keyframes = KeyframePolicy(settings.keyframe_min_interval_s)
         attrs = {"site": stream.site, "room": stream.room, "stream": stream.stream}
         self.queue_ms = HopLatency("queue", attrs)
         self.renditions = [
@@ -128,6 +129,7 @@ class StreamPipeline:
                 stream.encoded(spec.name),
                 HopLatency(HOP, {**attrs, "rendition": spec.name}),
                 HopLatency("encode", {**attrs, "rendition": spec.name}),
+                KeyframePolicy(settings.keyframe_min_interval_s),
             )
             for spec in settings.renditions
         ]
@@ -172,7 +174,9 @@ class StreamPipeline:
             self._wake.notify()
 
     def request_keyframe(self) -> None:
-        if self.keyframes.request():
+        # The request names the stream, not the rendition whose peer lost the picture.
+        fresh = [r.keyframes.request() for r in self.renditions]
+        if any(fresh):
             self.counters.add("keyframe_requests")
         else:
             self.counters.add("keyframe_requests_coalesced")
@@ -324,10 +328,10 @@ class StreamPipeline:
             return False
         frame.pts = pts_of(note.capture_ns)
         now_ns = time.monotonic_ns()
-        force = self.keyframes.force_now(now_ns)
-        if force:
-            self.counters.add("keyframes_forced")
         for r in active:
+            force = r.keyframes.force_now(now_ns)
+            if force:
+                self.counters.add("keyframes_forced")
             self._encode_rendition(r, frame, note, wanted[r.spec.name], force, now_ns)
         return True
 
@@ -415,4 +419,4 @@ class StreamPipeline:
             if unit.key:
                 self.counters.add("keyframes_out")
                 if not force:
-                    self.keyframes.keyframe_sent(now_ns)
+                    r.keyframes.keyframe_sent(now_ns)

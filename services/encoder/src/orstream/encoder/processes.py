@@ -83,10 +83,11 @@ class WorkerProcess:
                 delay = backoff
                 backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
                 log.error(
-                    "%s: worker exited with %s after %.1f s; restarting in %g s",
+                    "%s: worker exited with %s after %.1f s%s; restarting in %g s",
                     self.stream,
                     code,
                     ran_s,
+                    f" ({self.refusal})" if self.refusal else "",
                     delay,
                 )
             with contextlib.suppress(TimeoutError):
@@ -109,6 +110,8 @@ class WorkerProcess:
         except OSError as exc:
             log.error("%s: cannot start a worker: %s", self.stream, exc)
             return None
+        if self._stopping.is_set():  # stop() came while the process was being created
+            self._proc.terminate()
         log.info("%s: worker pid %d started", self.stream, self._proc.pid)
         assert self._proc.stdout is not None
         while line := await self._proc.stdout.readline():
@@ -146,11 +149,17 @@ class WorkerProcess:
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[request_id] = future
+        stdin = proc.stdin
+
+        async def ask() -> dict[str, Any]:
+            stdin.write(json.dumps({"id": request_id, "since_ns": since_ns}).encode() + b"\n")
+            await stdin.drain()
+            return await future
+
         try:
-            proc.stdin.write(json.dumps({"id": request_id, "since_ns": since_ns}).encode() + b"\n")
-            await proc.stdin.drain()
-            return await asyncio.wait_for(future, STATS_TIMEOUT_S)
+            return await asyncio.wait_for(ask(), STATS_TIMEOUT_S)
         except (TimeoutError, ConnectionError):
+            self.counters.add("worker_stats_timeouts")
             return None
         finally:
             self._replies.pop(request_id, None)
@@ -162,15 +171,13 @@ class WorkerProcess:
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-            except TimeoutError:
-                log.warning(
-                    "%s: worker did not stop in %g s; killing it", self.stream, STOP_GRACE_S
-                )
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning("%s: worker did not stop in %g s; killing it", self.stream, STOP_GRACE_S)
+            if self._proc is not None and self._proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                    self._proc.kill()
+            await self._task

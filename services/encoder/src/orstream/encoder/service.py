@@ -62,6 +62,8 @@ class EncoderService:
         self._last_renewed_s = time.monotonic()
         self._last_rebalance_s = time.monotonic()
         self._ticks = 0
+        #: When each eligible stream was first seen without a holder.
+        self._free_since: dict[StreamId, float] = {}
 
     async def start(self, ctx: ServiceContext) -> None:
         bus = ctx.require_bus()
@@ -117,11 +119,12 @@ class EncoderService:
     async def _heartbeat(self) -> None:
         while True:
             try:
-                await self._tick()
-            except Exception as exc:  # NATS away: keep trying; fencing covers the gap
+                # bounded, so a bucket that stops answering is noticed before the lease runs out
+                await asyncio.wait_for(self._tick(), self.settings.lease_s * FENCE_SHARE)
+            except Exception as exc:  # NATS away or slow: keep trying; fencing covers the gap
                 self.counters.add("heartbeat_errors")
-                log.warning("heartbeat: %s", exc)
-                self._fence_if_stale()
+                log.warning("heartbeat: %s", exc or type(exc).__name__)
+            self._fence_if_stale()
             await asyncio.sleep(self.settings.heartbeat_s)
 
     def eligible(self) -> list[StreamId]:
@@ -138,22 +141,29 @@ class EncoderService:
         )
 
     def _claim_record(self, stream: StreamId) -> EncoderClaim:
+        worker = self.workers.get(stream)
         return EncoderClaim(
             replica=self.settings.replica,
             host=self.host,
             codecs={r.name: r.codec for r in self.settings.renditions},
-            reason=self._refusals.get(stream, ""),
+            reason="" if worker is not None and worker.up else self._refusals.get(stream, ""),
+        )
+
+    def _presence(self) -> ReplicaPresence:
+        return ReplicaPresence(
+            replica=self.settings.replica,
+            host=self.host,
+            rooms=self.settings.rooms,
+            max_streams=self.settings.max_streams,
+            streams=len(self.workers),
         )
 
     async def _tick(self) -> None:
         book = self.book
         assert book is not None
         self._ticks += 1
-        await book.announce(
-            ReplicaPresence(
-                replica=self.settings.replica, host=self.host, streams=len(self.workers)
-            )
-        )
+        me = self._presence()
+        await book.announce(me)
         for stream in sorted(book.mine(), key=str):
             if not await book.renew(stream, self._claim_record(stream)):
                 self.counters.add("claims_lost")
@@ -166,18 +176,32 @@ class EncoderService:
             self._release(stream)
         if self._ticks < 2:
             return  # one heartbeat to hear the other replicas before claiming
-        load = book.load()
-        fair = math.ceil(len(eligible) / max(1, len(load)))
-        limit = min(fair, self.settings.max_streams or fair)
+        # Replicas on this host with the same rooms compete for the same streams: share evenly.
+        peers = {n: p for n, p in book.live_replicas().items() if p.scope == me.scope}
+        peers[me.replica] = me
+        fair = math.ceil(len(eligible) / len(peers))
+        now = time.monotonic()
+        for stream in [s for s in self._free_since if s not in eligible]:
+            del self._free_since[stream]
         for stream in eligible:
-            if len(book.mine()) >= limit:
-                break
-            if book.holder(stream) is None and await book.claim(stream, self._claim_record(stream)):
+            if book.holder(stream) is not None:
+                self._free_since.pop(stream, None)
+                continue
+            free_s = now - self._free_since.setdefault(stream, now)
+            # Beyond the fair share only for a stream nobody else has taken for a lease (a
+            # replica that cannot take it: other rooms, another host, at its limit).
+            share = fair if free_s < self.settings.lease_s + self.settings.heartbeat_s else None
+            mine = len(book.mine())
+            if (share is not None and mine >= share) or not me.has_room():
+                continue
+            if await book.claim(stream, self._claim_record(stream)):
                 self.counters.add("claims_taken")
+                self._free_since.pop(stream, None)
                 self._start_worker(stream)
-        self._rebalance(load, fair)
+                me = self._presence()
+        self._rebalance(peers, fair)
 
-    def _rebalance(self, load: dict[str, int], fair: int) -> None:
+    def _rebalance(self, peers: dict[str, ReplicaPresence], fair: int) -> None:
         """Hand one stream to a less busy replica when this one holds more than its share."""
         assert self.book is not None
         now = time.monotonic()
@@ -185,7 +209,11 @@ class EncoderService:
         if (
             len(mine) <= fair
             or now - self._last_rebalance_s < self.settings.rebalance_s
-            or not any(n < fair for name, n in load.items() if name != self.settings.replica)
+            or not any(
+                p.streams < fair and p.has_room()
+                for name, p in peers.items()
+                if name != self.settings.replica
+            )
         ):
             return
         self._last_rebalance_s = now
@@ -273,6 +301,9 @@ class EncoderService:
         return {
             "replica": self.settings.replica,
             "streams": out,
-            "load": self.book.load() if self.book else {},
+            "replicas": {
+                name: presence.streams
+                for name, presence in (self.book.live_replicas() if self.book else {}).items()
+            },
             "counters": counters,
         }
