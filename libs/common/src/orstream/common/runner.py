@@ -59,6 +59,14 @@ class Service(Protocol):
     def stats(self, since_ns: int) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
 
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel background tasks and wait until each has finished (their errors die with them)."""
+    live = [task for task in tasks if task is not None]
+    for task in live:
+        task.cancel()
+    await asyncio.gather(*live, return_exceptions=True)
+
+
 def configure_logging(service: str, level: str) -> None:
     logging.basicConfig(
         level=level.upper(),

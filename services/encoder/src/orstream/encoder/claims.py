@@ -20,6 +20,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from orstream.common.messages import EncoderClaim, MessageError, ReplicaPresence
+from orstream.common.runner import cancel_and_wait
 from orstream.common.subjects import StreamId, replica_key
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,7 @@ class ClaimBook:
         await self._synced.wait()
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await cancel_and_wait(self._watch)
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         async for entry in watcher:

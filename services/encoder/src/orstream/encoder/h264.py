@@ -4,6 +4,7 @@ at least every second) and the hardware encoders, which fall back to libx264 whe
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from orstream.encoder.codec import VIDEO_CLOCK_HZ, EncodedAccessUnit, EncoderOpenError, VideoEncoder
 
@@ -107,23 +108,22 @@ def open_h264(
 
     Raises :class:`EncoderOpenError` only when libx264 itself cannot encode this.
     """
+    make = partial(
+        H264Encoder,
+        width,
+        height,
+        fps,
+        bitrate_bps,
+        keyframe_interval_s,
+        preset=preset,
+        threads=threads,
+        profile=profile,
+        vaapi_device=vaapi_device,
+    )
     if implementation != "libx264" and implementation not in _fell_back:
         try:
-            return H264Encoder(
-                width,
-                height,
-                fps,
-                bitrate_bps,
-                keyframe_interval_s,
-                threads=threads,
-                profile=profile,
-                implementation=implementation,
-                vaapi_device=vaapi_device,
-            )
+            return make(implementation=implementation)
         except EncoderOpenError as exc:
-            if implementation not in _fell_back:
-                _fell_back.add(implementation)
-                log.warning("%s unavailable (%s); falling back to libx264", implementation, exc)
-    return H264Encoder(
-        width, height, fps, bitrate_bps, keyframe_interval_s, preset, threads, profile
-    )
+            _fell_back.add(implementation)
+            log.warning("%s unavailable (%s); falling back to libx264", implementation, exc)
+    return make()

@@ -15,7 +15,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from orstream.common.process import die_with_parent
@@ -38,12 +37,11 @@ class WorkerProcess:
         stream: StreamId,
         settings: EncoderSettings,
         counters: Counters,
-        on_refused: Callable[[StreamId, str], None],
     ) -> None:
         self.stream = stream
         self.settings = settings
         self.counters = counters
-        self.on_refused = on_refused
+        #: Why the worker last refused or failed; cleared once a worker is up again.
         self.refusal = ""
         self.starts = 0
         #: The running worker has started (it answers stats requests from then on).
@@ -75,7 +73,6 @@ class WorkerProcess:
                 log.error(
                     "%s: worker refused (%s); retrying in %g s", self.stream, self.refusal, delay
                 )
-                self.on_refused(self.stream, self.refusal)
             else:
                 if ran_s >= HEALTHY_RUN_S:
                     backoff = self.settings.restart_backoff_s
@@ -94,7 +91,6 @@ class WorkerProcess:
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _run_once(self) -> int | None:
-        self.refusal = ""
         self.up = False
         self.starts += 1
         try:
@@ -133,6 +129,7 @@ class WorkerProcess:
         event = message.get("event")
         if event == "up":
             self.up = True
+            self.refusal = ""
             return
         if event == "refused":
             self.refusal = str(message.get("reason", ""))

@@ -29,7 +29,7 @@ from orstream.common.messages import (
     StreamState,
 )
 from orstream.common.registry import Registry
-from orstream.common.runner import ServiceContext
+from orstream.common.runner import ServiceContext, cancel_and_wait
 from orstream.common.shm import SHM_DIR
 from orstream.common.subjects import ENCODER_BUCKET, StreamId
 from orstream.common.telemetry import Counters
@@ -55,7 +55,6 @@ class EncoderService:
         self.streams: dict[StreamId, StreamDescriptor] = {}
         self.workers: dict[StreamId, WorkerProcess] = {}
         self.book: ClaimBook | None = None
-        self._refusals: dict[StreamId, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         #: Workers being stopped (and their claims deleted) without holding up the heartbeat.
         self._stopping: set[asyncio.Task[None]] = set()
@@ -146,7 +145,7 @@ class EncoderService:
             replica=self.settings.replica,
             host=self.host,
             codecs={r.name: r.codec for r in self.settings.renditions},
-            reason="" if worker is not None and worker.up else self._refusals.get(stream, ""),
+            reason=worker.refusal if worker is not None else "",
         )
 
     def _presence(self) -> ReplicaPresence:
@@ -239,13 +238,10 @@ class EncoderService:
     # -- workers --------------------------------------------------------------------------
 
     def _start_worker(self, stream: StreamId) -> None:
-        worker = WorkerProcess(stream, self.settings, self.counters, self._on_refused)
+        worker = WorkerProcess(stream, self.settings, self.counters)
         self.workers[stream] = worker
         worker.start()
         log.info("%s: claimed by %s", stream, self.settings.replica)
-
-    def _on_refused(self, stream: StreamId, reason: str) -> None:
-        self._refusals[stream] = reason
 
     def _release(self, stream: StreamId) -> None:
         """Stop the stream's worker, then delete the claim (if still ours) so another replica
@@ -253,7 +249,6 @@ class EncoderService:
         assert self.book is not None
         revision = self.book.relinquish(stream)
         worker = self.workers.pop(stream, None)
-        self._refusals.pop(stream, None)
         task = asyncio.create_task(self._finish_release(stream, worker, revision))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
@@ -267,11 +262,7 @@ class EncoderService:
             await self.book.delete(stream, revision)
 
     async def _stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks)
         if self.book is not None:
             for stream in list(self.workers):
                 self._release(stream)
@@ -291,8 +282,8 @@ class EncoderService:
         out: dict[str, Any] = {}
         for (stream, worker), reply in zip(streams, replies, strict=True):
             entry: dict[str, Any] = {"pid": worker.pid, "starts": worker.starts, "up": worker.up}
-            if worker.refusal or stream in self._refusals:
-                entry["refused"] = worker.refusal or self._refusals[stream]
+            if worker.refusal:
+                entry["refused"] = worker.refusal
             if reply:
                 entry.update(reply.get("stream", {}))
                 for name, value in reply.get("counters", {}).items():

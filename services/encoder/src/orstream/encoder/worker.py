@@ -10,7 +10,6 @@ stops on SIGTERM, and when its control pipe closes (the supervisor died).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -21,7 +20,7 @@ from nats.aio.msg import Msg
 
 from orstream.common.messages import FrameReady, Interest, MessageError, StreamDescriptor
 from orstream.common.registry import Registry
-from orstream.common.runner import ServiceContext, run
+from orstream.common.runner import ServiceContext, cancel_and_wait, run
 from orstream.common.subjects import StreamId
 from orstream.common.telemetry import Counters
 from orstream.encoder.control import EXIT_REFUSED, WorkerControl
@@ -121,19 +120,10 @@ class StreamWorker:
             asyncio.create_task(follow_registry()),
             asyncio.create_task(self._serve_control(ctx)),
         ]
-        ctx.stack.push_async_callback(self._cancel_tasks)
+        ctx.stack.push_async_callback(cancel_and_wait, *self._tasks)
         self.control.send({"event": "up"})
-        log.info("%s: worker up (renditions %s)", self.stream, self._rendition_names())
-
-    def _rendition_names(self) -> str:
-        return ", ".join(r.name for r in self.settings.renditions)
-
-    async def _cancel_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        renditions = ", ".join(r.name for r in self.settings.renditions)
+        log.info("%s: worker up (renditions %s)", self.stream, renditions)
 
     async def _serve_control(self, ctx: ServiceContext) -> None:
         requests = await self.control.requests()

@@ -21,7 +21,7 @@ from opentelemetry import propagate, trace
 from orstream.common.bus import Bus
 from orstream.common.messages import ContextMeta, FrameReady, StreamDescriptor, StreamState
 from orstream.common.registry import Registry
-from orstream.common.runner import ServiceContext
+from orstream.common.runner import ServiceContext, cancel_and_wait
 from orstream.common.shm import RingError, RingWriter
 from orstream.common.subjects import StreamId, meta_in
 from orstream.common.telemetry import Counters, HopLatency
@@ -122,11 +122,7 @@ class IngestService:
             log.warning("%s: registry update failed (%s)", self.stream, exc)
 
     async def _stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         # Cancelling the task does not stop a write already running in the thread; the ring
         # may only be closed once it is done.
         await asyncio.to_thread(self._writer.shutdown, True)

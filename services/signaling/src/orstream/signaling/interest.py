@@ -10,12 +10,12 @@ the entry to lapse.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
 from orstream.common.bus import Bus
 from orstream.common.messages import Interest
+from orstream.common.runner import cancel_and_wait
 from orstream.common.subjects import StreamId
 from orstream.common.telemetry import Counters
 from orstream.signaling.fanout import StreamFanout
@@ -55,10 +55,7 @@ class InterestReporter:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
