@@ -99,12 +99,12 @@ def test_the_corpus_is_there() -> None:
 def test_no_value_survives_whose_action_is_not_keep(path: Path) -> None:
     source = read(path)
     engine = Deidentifier(BASIC, Pseudonyms(KEY))
-    try:
-        out = engine.file(source)
-    except DeidError as exc:
-        assert refused_for_pixels(source), f"{path.name} refused without cause: {exc}"
+    if refused_for_pixels(source):
+        # Burned-in annotation needs Clean Pixel Data, which this engine does not do.
+        with pytest.raises(DeidError, match="Clean Pixel Data"):
+            engine.file(source)
         return
-    assert not refused_for_pixels(source)
+    out = engine.file(source)
     pseudonyms = Pseudonyms(KEY)
     checked = 0
     for where, elem, new, action in walk_pairs(source, out):

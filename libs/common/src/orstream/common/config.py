@@ -42,6 +42,8 @@ class CommonSettings(BaseSettings):
     state_dir: Path = Field(default_factory=default_state_dir)
     jwt_issuer: str = DEFAULT_JWT_ISSUER
     jwt_audience: str = DEFAULT_JWT_AUDIENCE
+    #: The access policy (YAML); unset: the built-in defaults (``orstream/common/policy.yaml``).
+    policy_file: Path | None = None
 
     @property
     def dev_key_path(self) -> Path:

@@ -24,8 +24,12 @@ HDR_STREAM = "Orstream-Stream"
 HDR_RTP_TS = "Orstream-Rtp-Ts"
 HDR_FLOW = "Orstream-Flow"
 HDR_CONTENT_TYPE = "Content-Type"
+HDR_SOURCE = "Orstream-Source"
+HDR_VIEW = "Orstream-View"
 #: ``meta.in`` payloads: a DICOM Part 10 stream (preamble, ``DICM``, group 0002, dataset).
 DICOM_PART10 = "application/dicom"
+#: ``meta.role.<role>`` payloads: one dataset in the DICOM JSON Model (PS3.18 F.2).
+DICOM_JSON = "application/dicom+json"
 
 
 class MessageError(ValueError):
@@ -149,6 +153,45 @@ class ContextMeta(msgspec.Struct, frozen=True):
             )
         except (KeyError, ValueError) as exc:
             raise MessageError(f"malformed context headers: {exc!r}") from exc
+
+
+class RoleMeta(msgspec.Struct, frozen=True):
+    """Facts about one ``meta.role.<role>`` dataset, in NATS headers beside its DICOM JSON.
+
+    ``source`` says where the context came from (``rtv``, ``file``, ``worklist``, ``rest``),
+    ``view`` which view of it this is (``identified``, ``technical`` or a PS3.15 profile).
+    """
+
+    source: str
+    stream: str
+    capture_ns: int
+    published_ns: int
+    view: str
+
+    def to_headers(self) -> dict[str, str]:
+        return {
+            HDR_CONTENT_TYPE: DICOM_JSON,
+            HDR_SOURCE: self.source,
+            HDR_STREAM: self.stream,
+            HDR_CAPTURE_NS: str(self.capture_ns),
+            HDR_PUBLISHED_NS: str(self.published_ns),
+            HDR_VIEW: self.view,
+        }
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str] | None) -> RoleMeta:
+        if not headers or headers.get(HDR_CONTENT_TYPE) != DICOM_JSON:
+            raise MessageError("role metadata without a DICOM JSON content type")
+        try:
+            return cls(
+                source=headers[HDR_SOURCE],
+                stream=headers.get(HDR_STREAM, ""),
+                capture_ns=int(headers[HDR_CAPTURE_NS]),
+                published_ns=int(headers[HDR_PUBLISHED_NS]),
+                view=headers[HDR_VIEW],
+            )
+        except (KeyError, ValueError) as exc:
+            raise MessageError(f"malformed role metadata headers: {exc!r}") from exc
 
 
 class JsonMessage(msgspec.Struct):

@@ -117,6 +117,14 @@ def all_meta_in(site: str) -> str:
     return f"or.{check_token(site, 'site')}.*.meta.in"
 
 
+def meta_in_room(subject: str) -> tuple[str, str]:
+    """``(site, room)`` of a ``meta.in`` subject; ValueError if it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != "or" or parts[3:] != ["meta", "in"]:
+        raise ValueError(f"not a meta.in subject: {subject!r}")
+    return check_token(parts[1], "site"), check_token(parts[2], "room")
+
+
 def meta_role(site: str, room: str, role: str) -> str:
     return (
         f"or.{check_token(site, 'site')}.{check_token(room, 'room')}"

@@ -11,6 +11,7 @@ removed). Sequences are walked item by item with the same rules. Any failure rai
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -156,6 +157,8 @@ class Deidentifier:
         self._actions = table.actions(profile)
         self._retain_uids = Option.RETAIN_UIDS in profile.options
         self._modified_dates = Option.RETAIN_LONG_MODIFIED_DATES in profile.options
+        #: Built once; every output shares them (``file`` hands out copies).
+        self._mark_elements = self._marks()
 
     # -- public -----------------------------------------------------------------------------
 
@@ -182,6 +185,8 @@ class Deidentifier:
         source's transfer syntax (a retired big-endian one included).
         """
         out = self.dataset(ds)
+        for elem in self._mark_elements:
+            out[elem.tag] = copy.deepcopy(elem)  # a file is the caller's to change
         implicit, little = ds.original_encoding
         source_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
         syntax: str | None = source_meta.get("TransferSyntaxUID") or _syntax_of(implicit, little)
@@ -364,9 +369,8 @@ class Deidentifier:
             return False
         return (str(ds[creator_tag].value), element & 0xFF) in self.safe_private
 
-    def _mark(self, out: Dataset) -> None:
-        out.PatientIdentityRemoved = "YES"
-        out.DeidentificationMethod = [METHOD, *sorted(o.value for o in self.profile.options)]
+    def _marks(self) -> list[DataElement]:
+        """Patient Identity Removed, the method and its CID 7050 codes, the dates' fate."""
         codes = []
         for value, meaning in self.profile.codes():
             item = Dataset()
@@ -374,13 +378,23 @@ class Deidentifier:
             item.CodingSchemeDesignator = "DCM"
             item.CodeMeaning = meaning
             codes.append(item)
-        out.DeidentificationMethodCodeSequence = codes
         if Option.RETAIN_LONG_FULL_DATES in self.profile.options:
-            out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+            dates = "UNMODIFIED"
         elif self._modified_dates:
-            out.LongitudinalTemporalInformationModified = "MODIFIED"
+            dates = "MODIFIED"
         else:
-            out.LongitudinalTemporalInformationModified = "REMOVED"
+            dates = "REMOVED"
+        method = [METHOD, *sorted(o.value for o in self.profile.options)]
+        return [
+            DataElement(0x00120062, "CS", "YES"),
+            DataElement(0x00120063, "LO", method),
+            DataElement(0x00120064, "SQ", Sequence(codes)),
+            DataElement(0x00280303, "CS", dates),
+        ]
+
+    def _mark(self, out: Dataset) -> None:
+        for elem in self._mark_elements:
+            out[elem.tag] = elem
 
 
 def _syntax_of(implicit: bool | None, little: bool | None) -> str | None:
