@@ -330,3 +330,69 @@ def st2110_sdp_fixture() -> Callable[..., str]:
 def gstreamer() -> str:
     """Path of ``gst-launch-1.0`` (skips where it is missing, fails in CI)."""
     return require_gstreamer()
+
+
+class RtvSender:
+    """A DICOM-RTV source on loopback: video (RFC 4175, 4:2:2 8-bit, one line per packet) and
+    its metadata flow (PS3.22 grains over RTP, the first packet with a header extension)."""
+
+    RTP = "!BBHII"
+
+    def __init__(self, video_port: int, metadata_port: int, width: int = 64, height: int = 16):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.video = ("127.0.0.1", video_port)
+        self.metadata = ("127.0.0.1", metadata_port)
+        self.width, self.height = width, height
+        self.video_seq = 1000
+        self.meta_seq = 50000
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def frame(self, ts: int, luma: int) -> None:
+        import struct
+
+        line_bytes = self.width * 2
+        for line in range(self.height):
+            marker = 0x80 if line == self.height - 1 else 0
+            header = struct.pack(self.RTP, 0x80, 96 | marker, self.video_seq, ts, 7)
+            segment = struct.pack("!HHHH", 0, line_bytes, line, 0)
+            self.sock.sendto(header + segment + bytes([128, luma]) * self.width, self.video)
+            self.video_seq = (self.video_seq + 1) & 0xFFFF
+
+    def grain(self, ts: int, payload: bytes, skip_packet: int | None = None) -> None:
+        import struct
+
+        chunks = [payload[i : i + 300] for i in range(0, len(payload), 300)]
+        for n, chunk in enumerate(chunks):
+            last = n == len(chunks) - 1
+            first = n == 0
+            header = struct.pack(
+                self.RTP, 0x90 if first else 0x80, 104 | (0x80 if last else 0), self.meta_seq, ts, 9
+            )
+            if first:
+                header += struct.pack("!HH", 0xBEDE, 1) + b"\x00" * 4
+            if n != skip_packet:
+                self.sock.sendto(header + chunk, self.metadata)
+            self.meta_seq = (self.meta_seq + 1) & 0xFFFF
+
+
+def udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def rtv_sender() -> Iterator[Callable[..., RtvSender]]:
+    """``rtv_sender(video_port, metadata_port)``: senders closed when the test ends."""
+    senders: list[RtvSender] = []
+
+    def make(video_port: int, metadata_port: int, **size: int) -> RtvSender:
+        sender = RtvSender(video_port, metadata_port, **size)
+        senders.append(sender)
+        return sender
+
+    yield make
+    for sender in senders:
+        sender.close()

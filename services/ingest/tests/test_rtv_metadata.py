@@ -63,43 +63,6 @@ def grain(index: int) -> bytes:
     return out.getvalue()
 
 
-class Sender:
-    """Video (RFC 4175, one line per packet) and metadata flows of one DICOM-RTV source."""
-
-    def __init__(self, video_port: int, metadata_port: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.video = ("127.0.0.1", video_port)
-        self.metadata = ("127.0.0.1", metadata_port)
-        self.video_seq = 1000
-        self.meta_seq = 50000
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def frame(self, ts: int, luma: int) -> None:
-        line_bytes = WIDTH * 2
-        for line in range(HEIGHT):
-            header = RTP.pack(0x80, 96 | (0x80 if line == HEIGHT - 1 else 0), self.video_seq, ts, 7)
-            segment = struct.pack("!HHHH", 0, line_bytes, line, 0)
-            self.sock.sendto(header + segment + bytes([128, luma]) * WIDTH, self.video)
-            self.video_seq = (self.video_seq + 1) & 0xFFFF
-
-    def grain(self, ts: int, payload: bytes, skip_packet: int | None = None) -> None:
-        chunks = [payload[i : i + 300] for i in range(0, len(payload), 300)]
-        for n, chunk in enumerate(chunks):
-            last = n == len(chunks) - 1
-            # The first packet carries an RTP header extension (RFC 8285 one-byte form), as
-            # ST 2110-10 / NMOS senders put their identity and timing extensions there.
-            first = n == 0
-            b0 = 0x90 if first else 0x80
-            header = RTP.pack(b0, 104 | (0x80 if last else 0), self.meta_seq, ts, 9)
-            if first:
-                header += struct.pack("!HH", 0xBEDE, 1) + b"\x00" * 4
-            if n != skip_packet:
-                self.sock.sendto(header + chunk, self.metadata)
-            self.meta_seq = (self.meta_seq + 1) & 0xFFFF
-
-
 def udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -107,13 +70,13 @@ def udp_port() -> int:
 
 
 async def test_metadata_grains_are_published_tied_to_their_frames(
-    tmp_path: Path, run_ingest, st2110_sdp
+    tmp_path: Path, run_ingest, st2110_sdp, rtv_sender
 ) -> None:
     video_port, metadata_port = udp_port(), udp_port()
     sdp = tmp_path / "endoscope.sdp"
     sdp.write_text(st2110_sdp(video_port, WIDTH, HEIGHT, "25", 8, metadata_port=metadata_port))
     base = 0x7FFF0000
-    sender = Sender(video_port, metadata_port)
+    sender = rtv_sender(video_port, metadata_port, width=WIDTH, height=HEIGHT)
     try:
         async with run_ingest(f"sdp:{sdp}", lambda view, info: bytes(view[1:2])) as run:
             assert "DICOM-RTV metadata" in run.service.source.description
@@ -161,12 +124,12 @@ async def test_metadata_grains_are_published_tied_to_their_frames(
 
 
 async def test_repeated_or_reordered_packets_never_make_a_torn_or_lost_frame(
-    tmp_path: Path, run_ingest, st2110_sdp
+    tmp_path: Path, run_ingest, st2110_sdp, rtv_sender
 ) -> None:
     video_port = udp_port()
     sdp = tmp_path / "camera.sdp"
     sdp.write_text(st2110_sdp(video_port, WIDTH, HEIGHT, "25", 8))
-    sender = Sender(video_port, udp_port())
+    sender = rtv_sender(video_port, udp_port(), width=WIDTH, height=HEIGHT)
     base = 1000
 
     def packets(ts: int, luma: int, lines: list[int]) -> list[bytes]:
@@ -204,7 +167,7 @@ async def test_repeated_or_reordered_packets_never_make_a_torn_or_lost_frame(
 
 
 async def test_a_grain_with_a_malformed_identifier_does_not_stop_the_flow(
-    tmp_path: Path, run_ingest, st2110_sdp
+    tmp_path: Path, run_ingest, st2110_sdp, rtv_sender
 ) -> None:
     video_port, metadata_port = udp_port(), udp_port()
     sdp = tmp_path / "endoscope.sdp"
@@ -215,7 +178,7 @@ async def test_a_grain_with_a_malformed_identifier_does_not_stop_the_flow(
     ds.file_meta.RTVFlowIdentifier = "1.2.3.4.5.6.7.8"
     out = BytesIO()
     pydicom.dcmwrite(out, ds, enforce_file_format=True)
-    sender = Sender(video_port, metadata_port)
+    sender = rtv_sender(video_port, metadata_port, width=WIDTH, height=HEIGHT)
     try:
         async with run_ingest(f"sdp:{sdp}") as run:
             sender.grain(1000, out.getvalue())

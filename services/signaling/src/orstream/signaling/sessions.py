@@ -25,6 +25,7 @@ from orstream.signaling.auth import Identity
 from orstream.signaling.fanout import StreamFanout, StreamLatency
 from orstream.signaling.ice import configuration
 from orstream.signaling.interest import InterestReporter
+from orstream.signaling.metadata import METADATA_CHANNEL, RoleMetadata
 from orstream.signaling.offer import OfferRejected, validate_offer
 from orstream.signaling.remb import record_remb
 from orstream.signaling.settings import SignalingSettings
@@ -44,6 +45,8 @@ class PeerSession:
     track: AccessUnitTrack
     fanout: StreamFanout
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    #: DataChannels attached to their room's role metadata, to detach when the session ends.
+    metadata_channels: list[Any] = field(default_factory=list)
 
 
 def _h264_preferences() -> list[RTCRtpCodecCapability]:
@@ -65,6 +68,7 @@ class SessionManager:
         self.fanouts: dict[StreamId, StreamFanout] = {}
         self.latency: dict[StreamId, StreamLatency] = {}
         self._closing: set[asyncio.Task[Any]] = set()
+        self.role_metadata: dict[tuple[str, str, str], RoleMetadata] = {}
         self.interest = InterestReporter(
             bus,
             settings.edge_id,
@@ -93,6 +97,7 @@ class SessionManager:
             # AUs never reach; the fan-out turns it into one coalesced request to our encoder.
             transceiver.sender._send_keyframe = track.keyframe_needed  # type: ignore[method-assign]
             record_remb(transceiver.sender, track)
+            self._accept_datachannels(session)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             except InvalidAccessError as exc:
@@ -128,6 +133,51 @@ class SessionManager:
         )
         return session, pc.localDescription.sdp
 
+    def _accept_datachannels(self, session: PeerSession) -> None:
+        """Channels the viewer opens; ``metadata`` carries its role's view of the room."""
+
+        @session.pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            if channel.label != METADATA_CHANNEL:
+                self.counters.add("datachannels_refused")
+                log.info("session %s: no channel %r here", session.id[:8], channel.label)
+                channel.close()
+                return
+            task = asyncio.get_running_loop().create_task(self._attach_metadata(session, channel))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _attach_metadata(self, session: PeerSession, channel: Any) -> None:
+        key = (session.stream.site, session.stream.room, session.identity.role)
+        feed = self.role_metadata.get(key)
+        if feed is None:
+            feed = RoleMetadata(self.bus, *key, self.counters)
+            self.role_metadata[key] = feed
+            await feed.start()
+        if session.id not in self.sessions:
+            self._release_metadata(key, channel)  # the session ended while subscribing
+            return
+        session.metadata_channels.append(channel)
+        feed.attach(channel)
+
+        def on_close() -> None:
+            if channel in session.metadata_channels:
+                session.metadata_channels.remove(channel)
+                self._release_metadata(key, channel)
+
+        channel.on("close", on_close)
+
+    def _release_metadata(self, key: tuple[str, str, str], channel: Any) -> None:
+        feed = self.role_metadata.get(key)
+        if feed is None:
+            return
+        feed.detach(channel)
+        if not feed.channels:
+            del self.role_metadata[key]
+            task = asyncio.get_running_loop().create_task(feed.stop())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def _watch(self, session: PeerSession) -> None:
         loop = asyncio.get_running_loop()
 
@@ -158,6 +208,10 @@ class SessionManager:
         for timer in session.timers:
             timer.cancel()
         self._detach(session.fanout, session.track)
+        key = (session.stream.site, session.stream.room, session.identity.role)
+        for channel in session.metadata_channels:
+            self._release_metadata(key, channel)
+        session.metadata_channels.clear()
         with contextlib.suppress(Exception):
             await session.pc.close()
         self.counters.add("sessions_closed")
@@ -168,6 +222,8 @@ class SessionManager:
         await asyncio.gather(*(self.close(sid, "edge stopping") for sid in list(self.sessions)))
         await asyncio.gather(*self._closing, return_exceptions=True)
         await asyncio.gather(*(f.stop() for f in self.fanouts.values()))
+        await asyncio.gather(*(f.stop() for f in self.role_metadata.values()))
+        self.role_metadata.clear()
         self.fanouts.clear()
         await self.interest.stop()
 

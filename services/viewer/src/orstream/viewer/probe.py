@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urljoin
 
 import av
@@ -85,6 +86,23 @@ class ProbeResult:
         return percentiles(s.latency_ms for s in self.samples)
 
 
+@dataclass(frozen=True, slots=True)
+class MetadataMessage:
+    """One message of the ``metadata`` DataChannel and when it arrived (wall clock)."""
+
+    message: dict[str, Any]
+    received_ns: int
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        dataset: dict[str, Any] = self.message["dataset"]
+        return dataset
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.received_ns - int(self.message["capture_ns"])) / 1e6
+
+
 class WhepError(RuntimeError):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"WHEP refused with {status}: {reason}")
@@ -101,9 +119,13 @@ def read_timecode(frame: av.VideoFrame) -> timecode.Timecode | None:
 class Probe:
     """One WHEP session: ``async with Probe(url, token) as p: await p.measure(seconds)``."""
 
-    def __init__(self, whep_url: str, token: str) -> None:
+    def __init__(self, whep_url: str, token: str, metadata: bool = False) -> None:
         self.whep_url = whep_url
         self.token = token
+        #: Open the ``metadata`` DataChannel and keep what arrives on it.
+        self.wants_metadata = metadata
+        self.metadata: list[MetadataMessage] = []
+        self.metadata_arrived = asyncio.Event()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.result = ProbeResult()
         self.resource: str | None = None
@@ -126,6 +148,15 @@ class Probe:
         transceiver.receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(  # type: ignore[attr-defined]
             capacity=512, is_video=True
         )
+
+        if self.wants_metadata:
+            channel = self.pc.createDataChannel("metadata")
+
+            @channel.on("message")
+            def on_message(text: str | bytes) -> None:
+                received_ns = time.time_ns()
+                self.metadata.append(MetadataMessage(json.loads(text), received_ns))
+                self.metadata_arrived.set()
 
         @self.pc.on("track")
         def on_track(track: object) -> None:

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from orstream.cli.stack import (
     DEFAULT_EDGE_PORT,
@@ -154,6 +155,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deid(args: argparse.Namespace) -> int:
+    from orstream.cli.deid import run_deid
+
+    return run_deid(args.inputs, args.output, role=args.role, profile=args.profile)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
         from orstream.bench import latency
@@ -173,6 +180,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from orstream.bench import encoder
 
         return encoder.main(args)
+    if args.scenario == "metadata":
+        from orstream.bench import metadata
+
+        return metadata.main(args)
     return 2
 
 
@@ -242,7 +253,23 @@ def parser() -> argparse.ArgumentParser:
     enc = scenarios.add_parser("encoder", help="encoded fps per core and encode latency")
     enc.add_argument("--seconds", type=float, default=5.0, help="of video per codec and size")
     enc.add_argument("--json", required=True, dest="json_path")
+    meta = scenarios.add_parser(
+        "metadata", help="de-identification throughput; meta.in → DataChannel latency"
+    )
+    meta.add_argument("--seconds", type=float, default=10.0, help="of context at 25 Hz")
+    meta.add_argument("--datasets", type=int, default=2000, help="for the throughput run")
+    meta.add_argument("--json", required=True, dest="json_path")
     bench.set_defaults(func=cmd_bench)
+
+    deid = sub.add_parser(
+        "deid", help="de-identify DICOM Part 10 files offline (PS3.15 Annex E, as a role sees)"
+    )
+    deid.add_argument("inputs", nargs="+", metavar="IN", help="files or directories")
+    which = deid.add_mutually_exclusive_group(required=True)
+    which.add_argument("--role", help="the profile the policy file gives this role")
+    which.add_argument("--profile", help="basic[+option...], e.g. basic+clean-descriptors")
+    deid.add_argument("-o", "--output", required=True, type=Path, help="directory to write to")
+    deid.set_defaults(func=cmd_deid)
     return p
 
 
