@@ -396,3 +396,90 @@ def rtv_sender() -> Iterator[Callable[..., RtvSender]]:
     yield make
     for sender in senders:
         sender.close()
+
+
+WLMSCPFS = shutil.which("wlmscpfs")
+DUMP2DCM = shutil.which("dump2dcm")
+WORKLIST_AE = "WORKLIST"
+
+
+def _worklist_dump(item: dict[str, object]) -> str:
+    day = item["day"]
+    assert hasattr(day, "strftime")
+    return "\n".join(
+        [
+            "(0008,0005) CS [ISO_IR 100]",
+            f"(0008,0050) SH [ACC-{item['patient_id']}]",
+            f"(0010,0010) PN [{item['patient']}]",
+            f"(0010,0020) LO [{item['patient_id']}]",
+            "(0010,0030) DA [19700101]",
+            "(0010,0040) CS [F]",
+            f"(0020,000d) UI [1.2.826.0.1.3680043.10.543.{abs(hash(item['patient_id'])) % 10**8}]",
+            "(0032,1060) LO [Laparoscopic cholecystectomy]",
+            "(0040,0100) SQ",
+            "(fffe,e000) -",
+            "(0008,0060) CS [ES]",
+            f"(0040,0001) AE [{item['station']}]",
+            f"(0040,0002) DA [{day.strftime('%Y%m%d')}]",
+            "(0040,0003) TM [0000]",
+            "(0040,0006) PN [SURGEON^SAM]",
+            "(0040,0007) LO [Cholecystectomy]",
+            "(0040,0009) SH [SPS1]",
+            f"(0040,0011) SH [{item['station']}]",
+            "(fffe,e00d) -",
+            "(fffe,e0dd) -",
+            f"(0040,1001) SH [RP-{item['patient_id']}]",
+            "",
+        ]
+    )
+
+
+@pytest.fixture
+def worklist_scp(tmp_path: Path) -> Iterator[Callable[[list[dict[str, object]]], int]]:
+    """``worklist_scp(items) -> port``: DCMTK's ``wlmscpfs`` serving those scheduled steps
+    (``patient``, ``patient_id``, ``station``, ``day``) under the AE title ``WORKLIST``."""
+    if not (WLMSCPFS and DUMP2DCM):
+        hint = "apt-get install dcmtk"
+        if os.environ.get("CI"):
+            pytest.fail(f"DCMTK is required in CI ({hint})")
+        pytest.skip(f"DCMTK's wlmscpfs is not installed ({hint})")
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(items: list[dict[str, object]]) -> int:
+        root = Path(tempfile.mkdtemp(dir=tmp_path, prefix="worklist-"))
+        (root / WORKLIST_AE).mkdir()
+        (root / WORKLIST_AE / "lockfile").touch()
+        for n, item in enumerate(items):
+            dump = root / f"item{n}.dump"
+            dump.write_text(_worklist_dump(item))
+            subprocess.run(
+                [str(DUMP2DCM), "-q", "-g", str(dump), str(root / WORKLIST_AE / f"item{n}.wl")],
+                check=True,
+                timeout=10,
+            )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        log = (root / "wlmscpfs.log").open("wb")
+        process = subprocess.Popen(
+            [str(WLMSCPFS), "-dfp", str(root), str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        processes.append(process)
+        for _ in range(250):  # 5 s
+            assert process.poll() is None, f"wlmscpfs exited with {process.returncode}"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return port
+            import time
+
+            time.sleep(0.02)
+        raise AssertionError("wlmscpfs does not accept connections")
+
+    yield start
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)
+        process.wait(5)
