@@ -136,3 +136,54 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_deid_writes_de_identified_files_named_by_their_new_uid(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file("CT_small.dcm")
+    assert source is not None
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orstream.cli.main",
+            "deid",
+            source,
+            "--role",
+            "student",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (written,) = out.iterdir()
+    result = pydicom.dcmread(written)
+    assert written.name == f"{result.SOPInstanceUID}.dcm"
+    assert result.SOPInstanceUID.startswith("2.25.")
+    assert result.PatientIdentityRemoved == "YES" and not str(result.PatientName)
+    assert "1 de-identified with basic+clean-descriptors" in done.stderr
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orstream.cli.main",
+            "deid",
+            source,
+            "--role",
+            "surgeon",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "identified view" in refused.stderr
