@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,86 +402,120 @@ def rtv_sender() -> Iterator[Callable[..., RtvSender]]:
 
 WLMSCPFS = shutil.which("wlmscpfs")
 DUMP2DCM = shutil.which("dump2dcm")
+#: The called AE title the worklist databases answer to.
 WORKLIST_AE = "WORKLIST"
 
 
-def _worklist_dump(item: dict[str, object]) -> str:
-    day = item["day"]
-    assert hasattr(day, "strftime")
-    return "\n".join(
-        [
-            "(0008,0005) CS [ISO_IR 100]",
-            f"(0008,0050) SH [ACC-{item['patient_id']}]",
-            f"(0010,0010) PN [{item['patient']}]",
-            f"(0010,0020) LO [{item['patient_id']}]",
-            "(0010,0030) DA [19700101]",
-            "(0010,0040) CS [F]",
-            f"(0020,000d) UI [1.2.826.0.1.3680043.10.543.{abs(hash(item['patient_id'])) % 10**8}]",
-            "(0032,1060) LO [Laparoscopic cholecystectomy]",
-            "(0040,0100) SQ",
-            "(fffe,e000) -",
-            "(0008,0060) CS [ES]",
-            f"(0040,0001) AE [{item['station']}]",
-            f"(0040,0002) DA [{day.strftime('%Y%m%d')}]",
-            "(0040,0003) TM [0000]",
-            "(0040,0006) PN [SURGEON^SAM]",
-            "(0040,0007) LO [Cholecystectomy]",
-            "(0040,0009) SH [SPS1]",
-            f"(0040,0011) SH [{item['station']}]",
-            "(fffe,e00d) -",
-            "(fffe,e0dd) -",
-            f"(0040,1001) SH [RP-{item['patient_id']}]",
-            "",
-        ]
-    )
+class WorklistDatabase:
+    """A ``wlmscpfs`` database directory (files made with ``dump2dcm``) and the DCMTK worklist
+    SCPs started on it; ``wlmscpfs`` re-reads the directory on every query."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / WORKLIST_AE).mkdir()
+        (root / WORKLIST_AE / "lockfile").touch()
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def add_step(
+        self,
+        name: str,
+        *,
+        patient: str,
+        patient_id: str,
+        study_uid: str,
+        station: str,
+        location: str,
+        day: object,
+        start: str = "0000",
+        step_id: str = "SPS1",
+    ) -> None:
+        """One scheduled procedure step for ``day`` (a date) at ``start`` (HHMM)."""
+        assert hasattr(day, "strftime")
+        self.add(
+            name,
+            "\n".join(
+                [
+                    "(0008,0005) CS [ISO_IR 100]",
+                    f"(0008,0050) SH [ACC-{patient_id}]",
+                    "(0008,0090) PN [REFERRER^RITA]",
+                    f"(0010,0010) PN [{patient}]",
+                    f"(0010,0020) LO [{patient_id}]",
+                    "(0010,0030) DA [19700101]",
+                    "(0010,0040) CS [F]",
+                    f"(0020,000d) UI [{study_uid}]",
+                    "(0032,1060) LO [Laparoscopic cholecystectomy]",
+                    "(0040,0100) SQ",
+                    "(fffe,e000) -",
+                    "(0008,0060) CS [ES]",
+                    f"(0040,0001) AE [{station}]",
+                    f"(0040,0002) DA [{day.strftime('%Y%m%d')}]",
+                    f"(0040,0003) TM [{start}]",
+                    "(0040,0006) PN [SURGEON^SAM]",
+                    "(0040,0007) LO [Cholecystectomy]",
+                    f"(0040,0009) SH [{step_id}]",
+                    f"(0040,0011) SH [{location}]",
+                    "(fffe,e00d) -",
+                    "(fffe,e0dd) -",
+                    f"(0040,1001) SH [RP-{patient_id}]",
+                    "",
+                ]
+            ),
+        )
+
+    def add(self, name: str, dump: str) -> None:
+        """One worklist file from a ``dump2dcm`` text (never half-written in the database)."""
+        assert DUMP2DCM is not None
+        source = self.root / f"{name}.dump"
+        source.write_text(dump, encoding="latin-1")  # the files say ISO_IR 100
+        target = self.root / WORKLIST_AE / f"{name}.wl"
+        subprocess.run(
+            [DUMP2DCM, "-q", "-g", str(source), str(target.with_suffix(".tmp"))],
+            check=True,
+            timeout=10,
+        )
+        target.with_suffix(".tmp").rename(target)
+
+    def start(self, port: int = 0, *options: str) -> int:
+        """Run ``wlmscpfs`` on ``port`` (0: a free one); returns it once connections are taken."""
+        assert WLMSCPFS is not None
+        if not port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+        log_file = (self.root / f"wlmscpfs-{port}.log").open("wb")
+        process = subprocess.Popen(
+            [WLMSCPFS, "-dfp", str(self.root), *options, str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the forked children go with it
+        )
+        log_file.close()
+        self.processes.append(process)
+        deadline = time.monotonic() + 5
+        while True:
+            assert process.poll() is None, f"wlmscpfs exited with {process.returncode}"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return port
+            assert time.monotonic() < deadline, "wlmscpfs does not accept connections"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
 
 
 @pytest.fixture
-def worklist_scp(tmp_path: Path) -> Iterator[Callable[[list[dict[str, object]]], int]]:
-    """``worklist_scp(items) -> port``: DCMTK's ``wlmscpfs`` serving those scheduled steps
-    (``patient``, ``patient_id``, ``station``, ``day``) under the AE title ``WORKLIST``."""
+def worklist(tmp_path: Path) -> Iterator[WorklistDatabase]:
+    """A DCMTK worklist database; ``add_step`` fills it, ``start`` serves it."""
     if not (WLMSCPFS and DUMP2DCM):
         hint = "apt-get install dcmtk"
         if os.environ.get("CI"):
             pytest.fail(f"DCMTK is required in CI ({hint})")
-        pytest.skip(f"DCMTK's wlmscpfs is not installed ({hint})")
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(items: list[dict[str, object]]) -> int:
-        root = Path(tempfile.mkdtemp(dir=tmp_path, prefix="worklist-"))
-        (root / WORKLIST_AE).mkdir()
-        (root / WORKLIST_AE / "lockfile").touch()
-        for n, item in enumerate(items):
-            dump = root / f"item{n}.dump"
-            dump.write_text(_worklist_dump(item))
-            subprocess.run(
-                [str(DUMP2DCM), "-q", "-g", str(dump), str(root / WORKLIST_AE / f"item{n}.wl")],
-                check=True,
-                timeout=10,
-            )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        log = (root / "wlmscpfs.log").open("wb")
-        process = subprocess.Popen(
-            [str(WLMSCPFS), "-dfp", str(root), str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        processes.append(process)
-        for _ in range(250):  # 5 s
-            assert process.poll() is None, f"wlmscpfs exited with {process.returncode}"
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return port
-            import time
-
-            time.sleep(0.02)
-        raise AssertionError("wlmscpfs does not accept connections")
-
-    yield start
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 9)
-        process.wait(5)
+        pytest.skip(f"DCMTK's wlmscpfs and dump2dcm are not installed ({hint})")
+    root = tmp_path / "worklist"
+    root.mkdir()
+    database = WorklistDatabase(root)
+    yield database
+    database.stop()

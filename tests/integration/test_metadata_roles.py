@@ -36,17 +36,25 @@ def stack(
     state_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    worklist_scp: Callable[..., int],
+    worklist: Any,
     st2110_sdp: Callable[..., str],
     rtv_sender: Callable[..., Any],
 ) -> Iterator[tuple[Stack, Any]]:
     today = datetime.date.today()
-    port = worklist_scp(
-        [
-            {"patient": WANDA, "patient_id": WANDA_ID, "station": "OR1", "day": today},
-            {"patient": "OTHER^OLIVER", "patient_id": "WL-1", "station": "OR2", "day": today},
-        ]
-    )
+    for name, patient, patient_id, station in (
+        ("wanda", WANDA, WANDA_ID, "OR1"),
+        ("oliver", "OTHER^OLIVER", "WL-1", "OR2"),
+    ):
+        worklist.add_step(
+            name,
+            patient=patient,
+            patient_id=patient_id,
+            study_uid=f"1.2.826.0.1.3680043.10.543.{patient_id[-1]}",
+            station=station,
+            location=station,
+            day=today,
+        )
+    port = worklist.start()
     monkeypatch.setenv(
         "ORSTREAM_WORKLIST",
         json.dumps(

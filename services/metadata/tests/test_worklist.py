@@ -12,16 +12,12 @@ import datetime
 import io
 import json
 import logging
-import os
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pydantic
 import pydicom
@@ -44,8 +40,6 @@ from orstream.metadata.worklist import (
 
 pytestmark = pytest.mark.integration
 
-WLMSCPFS = shutil.which("wlmscpfs")
-DUMP2DCM = shutil.which("dump2dcm")
 
 LOOPBACK = "127.0.0.1"
 CALLED_AE = "WORKLIST"
@@ -98,35 +92,6 @@ class Item:
     start: str = "0000"
     step_id: str = "SPS1"
 
-    def dump(self) -> str:
-        return "\n".join(
-            [
-                "(0008,0005) CS [ISO_IR 100]",
-                f"(0008,0050) SH [ACC-{self.patient_id}]",
-                "(0008,0090) PN [REFERRER^RITA]",
-                f"(0010,0010) PN [{self.patient}]",
-                f"(0010,0020) LO [{self.patient_id}]",
-                "(0010,0030) DA [19700101]",
-                "(0010,0040) CS [F]",
-                f"(0020,000d) UI [{self.study_uid}]",
-                "(0032,1060) LO [Laparoscopic cholecystectomy]",
-                "(0040,0100) SQ",
-                "(fffe,e000) -",
-                "(0008,0060) CS [ES]",
-                f"(0040,0001) AE [{self.station}]",
-                f"(0040,0002) DA [{self.day:%Y%m%d}]",
-                f"(0040,0003) TM [{self.start}]",
-                "(0040,0006) PN [SURGEON^SAM]",
-                "(0040,0007) LO [Cholecystectomy]",
-                f"(0040,0009) SH [{self.step_id}]",
-                f"(0040,0011) SH [{self.location}]",
-                "(fffe,e00d) -",
-                "(fffe,e0dd) -",
-                f"(0040,1001) SH [RP-{self.patient_id}]",
-                "",
-            ]
-        )
-
 
 JANE = Item("DOE^JANE", "PID1", "1.2.826.0.1.3680043.10.543.1", "OR1", "OR 1")
 JOHN = Item("SMITH^JOHN", "PID2", "1.2.826.0.1.3680043.10.543.2", "OR2", "OR 2")
@@ -141,69 +106,11 @@ TOMORROW = Item(
 LATE = Item("LATE^LARRY", "PID4", "1.2.826.0.1.3680043.10.543.4", "OR1", "OR 1", start="2359")
 
 
-@dataclass
-class Worklist:
-    """A ``wlmscpfs`` database directory and the SCPs started on it."""
-
-    root: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def add(self, name: str, item: Item) -> None:
-        """Write one worklist file (wlmscpfs reads the directory on every query)."""
-        assert DUMP2DCM is not None
-        dump = self.root / f"{name}.dump"
-        dump.write_text(item.dump(), encoding="latin-1")  # the files say ISO_IR 100
-        target = self.root / CALLED_AE / f"{name}.wl"
-        subprocess.run(
-            [DUMP2DCM, "-q", "-g", str(dump), str(target.with_suffix(".tmp"))],
-            check=True,
-            timeout=10,
-        )
-        target.with_suffix(".tmp").rename(target)  # never a half-written file in the database
-
-    def start(self, port: int, *options: str) -> None:
-        """Run ``wlmscpfs`` on ``port`` and return once it accepts connections."""
-        assert WLMSCPFS is not None
-        log_file = (self.root / f"wlmscpfs-{port}.log").open("wb")
-        process = subprocess.Popen(
-            [WLMSCPFS, "-dfp", str(self.root), *options, str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the forked children go with it
-        )
-        log_file.close()
-        self.processes.append(process)
-        deadline = time.monotonic() + 5
-        while True:
-            assert process.poll() is None, f"wlmscpfs exited with {process.returncode}"
-            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
-                return
-            assert time.monotonic() < deadline, "wlmscpfs does not accept connections"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
 @pytest.fixture
-def worklist(tmp_path: Path) -> Iterator[Worklist]:
-    if not (WLMSCPFS and DUMP2DCM):
-        pytest.skip("DCMTK's wlmscpfs and dump2dcm are not on PATH (Debian package dcmtk)")
-    (tmp_path / CALLED_AE).mkdir()
-    (tmp_path / CALLED_AE / "lockfile").touch()
-    database = Worklist(tmp_path)
-    yield database
-    database.stop()
-
-
-@pytest.fixture
-def scp(worklist: Worklist) -> int:
+def scp(worklist: Any) -> int:
     """A running wlmscpfs with Jane (OR1, today), John (OR2, today), Richard (OR1, tomorrow)."""
     for name, item in (("jane", JANE), ("john", JOHN), ("tomorrow", TOMORROW)):
-        worklist.add(name, item)
+        worklist.add_step(name, **asdict(item))
     port = free_port()
     worklist.start(port)
     return port
@@ -379,8 +286,8 @@ def test_a_wrong_called_ae_title_is_rejected(scp: int) -> None:
     assert "Called AE title not recognised" in error.reason and elapsed < 2
 
 
-def test_an_scp_that_stalls_is_given_up_on_in_time(worklist: Worklist) -> None:
-    worklist.add("jane", JANE)
+def test_an_scp_that_stalls_is_given_up_on_in_time(worklist: Any) -> None:
+    worklist.add_step("jane", **asdict(JANE))
     port = free_port()
     worklist.start(port, "--sleep-before", "5")
     settings = settings_for(port, timeout_s=0.5)
@@ -390,9 +297,9 @@ def test_an_scp_that_stalls_is_given_up_on_in_time(worklist: Worklist) -> None:
     assert pynetdicom_threads() == set()
 
 
-def test_a_name_in_another_character_set_arrives_as_text_and_encodes(worklist: Worklist) -> None:
+def test_a_name_in_another_character_set_arrives_as_text_and_encodes(worklist: Any) -> None:
     muller = Item("MÜLLER^JÖRG", "PID6", "1.2.826.0.1.3680043.10.543.6", "OR1", "OR 1")
-    worklist.add("muller", muller)
+    worklist.add_step("muller", **asdict(muller))
     port = free_port()
     worklist.start(port, "--keep-char-set")  # answers say ISO_IR 100, as the file does
     [item] = find_scheduled(settings_for(port), RoomWorklist(station_ae=" OR1 "), TODAY)
@@ -461,11 +368,11 @@ def test_the_procedure_under_way_is_chosen_else_the_next() -> None:
 
 
 async def test_the_poller_reports_a_room_once_then_on_change_and_periodically(
-    worklist: Worklist,
+    worklist: Any,
 ) -> None:
-    worklist.add("jane", JANE)  # started at 00:00
-    worklist.add("late", LATE)  # starts at 23:59: not yet
-    worklist.add("john", JOHN)  # another room's
+    worklist.add_step("jane", **asdict(JANE))  # started at 00:00
+    worklist.add_step("late", **asdict(LATE))  # starts at 23:59: not yet
+    worklist.add_step("john", **asdict(JOHN))  # another room's
     port = free_port()
     worklist.start(port)
     received, counters = Received(), Counters("test.worklist")
@@ -477,10 +384,8 @@ async def test_the_poller_reports_a_room_once_then_on_change_and_periodically(
         await asyncio.sleep(0.5)  # about five polls, fewer than RESEND_EVERY
         assert received.names() == ["DOE^JANE"]
 
-        worklist.add(
-            "now",
-            Item("NOW^NORA", "PID5", "1.2.826.0.1.3680043.10.543.5", "OR1", "OR 1", start="1100"),
-        )
+        nora = Item("NOW^NORA", "PID5", "1.2.826.0.1.3680043.10.543.5", "OR1", "OR 1", start="1100")
+        worklist.add_step("now", **asdict(nora))
         await until(lambda: len(received.contexts) == 2)
         assert received.names() == ["DOE^JANE", "NOW^NORA"]
         sent_at = counters.snapshot()["worklist_queries"]
@@ -499,10 +404,10 @@ async def test_the_poller_reports_a_room_once_then_on_change_and_periodically(
 
 
 async def test_the_poller_rides_out_an_scp_that_is_down_and_picks_up_when_it_starts(
-    worklist: Worklist, caplog: pytest.LogCaptureFixture
+    worklist: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="orstream.metadata.worklist")
-    worklist.add("jane", JANE)
+    worklist.add_step("jane", **asdict(JANE))
     port = free_port()
     settings = settings_for(port)
     error, elapsed = query_failure(settings)

@@ -7,7 +7,6 @@ developer's machine ``orstream up`` creates a key on first start (``<state_dir>`
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from orstream.common.keyfile import create_once
 
 DEV_ALGORITHM = "ES256"
 DEFAULT_TOKEN_TTL_S = 12 * 3600
@@ -24,23 +25,13 @@ DEV_KEY_ID = "orstream-dev-1"
 def load_or_create_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Load the development key, creating it atomically (0600) if it does not exist."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        try:
-            os.link(tmp, path)  # first writer wins; a racing process reads the winner's key
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        create_once(path, pem)
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path} is not an EC private key")

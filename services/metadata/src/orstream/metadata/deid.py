@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -87,7 +87,6 @@ class _Patient:
     engine: Deidentifier
     _shift: int | None = None
     _cleaner: TextCleaner | None = None
-    identifiers: set[str] = field(default_factory=set)
 
     @property
     def shift_days(self) -> int:

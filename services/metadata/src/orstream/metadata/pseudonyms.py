@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
+
+from orstream.common.keyfile import create_once
 
 #: Shorter keys are refused: the pseudonyms are only as strong as the key.
 MIN_KEY_BYTES = 16
@@ -58,15 +59,5 @@ class Pseudonyms:
 def load_or_create_key(path: Path) -> bytes:
     """The development key (32 random bytes, hex, mode 0600), created on first use."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-        try:
-            os.link(tmp, path)  # first writer wins; a racing process reads the winner's key
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        create_once(path, (secrets.token_hex(32) + "\n").encode("ascii"))
     return bytes.fromhex(path.read_text().strip())

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 #: Context, not images: pixel, waveform, spectroscopy and audio data, encapsulated documents
 #: and icon images never travel to a viewer as metadata.
 BULK_GROUPS = frozenset({0x7FE0, 0x5400, 0x5600, 0x5000, 0x6000})
-BULK_TAGS = frozenset({0x00420011, 0x00880200, 0x50000100})
+BULK_TAGS = frozenset({0x00420011, 0x00880200})
 #: The technical view: device, picture geometry and timing; nothing about patient or study.
 TECHNICAL_TAGS = frozenset(
     {
