@@ -119,6 +119,8 @@ async def test_each_role_gets_its_own_view_on_its_own_subject(
     assert pseudonym and str(pseudonym[0]).startswith("ORS-")
     # The same patient keeps the same pseudonym and UIDs from frame to frame.
     later = model(received.by_role["student"][2][1])
+    # Every role's message names the patient by that pseudonym (for the edge's audit records).
+    assert {m.patient for msgs in received.by_role.values() for m, _ in msgs} == {pseudonym[0]}
     assert values(later, "00100020") == pseudonym
     assert values(later, "0020000D") == values(deidentified, "0020000D")
     ops = model(received.by_role["ops"][0][1])

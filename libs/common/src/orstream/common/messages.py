@@ -26,6 +26,7 @@ HDR_FLOW = "Orstream-Flow"
 HDR_CONTENT_TYPE = "Content-Type"
 HDR_SOURCE = "Orstream-Source"
 HDR_VIEW = "Orstream-View"
+HDR_PATIENT = "Orstream-Patient"
 #: ``meta.in`` payloads: a DICOM Part 10 stream (preamble, ``DICM``, group 0002, dataset).
 DICOM_PART10 = "application/dicom"
 #: ``meta.role.<role>`` payloads: one dataset in the DICOM JSON Model (PS3.18 F.2).
@@ -160,6 +161,8 @@ class RoleMeta(msgspec.Struct, frozen=True):
 
     ``source`` says where the context came from (``rtv``, ``file``, ``worklist``, ``rest``),
     ``view`` which view of it this is (``identified``, ``technical`` or a PS3.15 profile).
+    ``patient`` is the keyed pseudonym of the patient (the de-identified Patient ID), the same
+    for every role: the edge names it in audit records without ever holding the identity.
     """
 
     source: str
@@ -167,6 +170,7 @@ class RoleMeta(msgspec.Struct, frozen=True):
     capture_ns: int
     published_ns: int
     view: str
+    patient: str = ""
 
     def to_headers(self) -> dict[str, str]:
         return {
@@ -176,6 +180,7 @@ class RoleMeta(msgspec.Struct, frozen=True):
             HDR_CAPTURE_NS: str(self.capture_ns),
             HDR_PUBLISHED_NS: str(self.published_ns),
             HDR_VIEW: self.view,
+            HDR_PATIENT: self.patient,
         }
 
     @classmethod
@@ -189,6 +194,7 @@ class RoleMeta(msgspec.Struct, frozen=True):
                 capture_ns=int(headers[HDR_CAPTURE_NS]),
                 published_ns=int(headers[HDR_PUBLISHED_NS]),
                 view=headers[HDR_VIEW],
+                patient=headers.get(HDR_PATIENT, ""),
             )
         except (KeyError, ValueError) as exc:
             raise MessageError(f"malformed role metadata headers: {exc!r}") from exc

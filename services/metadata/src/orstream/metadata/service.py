@@ -212,7 +212,14 @@ class MetadataService:
             self._fail("deid_errors", f"role {item.role!r} gets nothing: {item.error}")
             self.counters.add(f"withheld_{item.role}")
             return "withheld"
-        meta = RoleMeta(arrival.source, arrival.stream, arrival.capture_ns, published_ns, item.view)
+        meta = RoleMeta(
+            arrival.source,
+            arrival.stream,
+            arrival.capture_ns,
+            published_ns,
+            item.view,
+            item.patient,
+        )
         subject = meta_role(arrival.site, arrival.room, item.role)
         await self._bus.publish(subject, item.payload, meta.to_headers())
         self.counters.add(f"published_{item.role}")

@@ -138,12 +138,15 @@ class Rendered:
     view: str
     payload: bytes | None
     error: str | None = None
+    #: The patient's keyed pseudonym (empty when the context names no patient).
+    patient: str = ""
 
 
 class ViewSet:
     """The views the policy's roles need, each built once; ``render`` makes all of them."""
 
     def __init__(self, policy: Policy, pseudonyms: Pseudonyms) -> None:
+        self.pseudonyms = pseudonyms
         self.views: dict[str, View] = {}
         self.role_view: dict[str, str] = {}
         self.broken: dict[str, str] = {}
@@ -166,6 +169,13 @@ class ViewSet:
             return TechnicalView()
         return DeidentifiedView(Deidentifier(Profile.parse(name), pseudonyms))
 
+    def patient(self, ds: Dataset) -> str:
+        """The pseudonym of the patient ``ds`` names, as the de-identified views map it."""
+        patient_id = str(ds.get("PatientID", "") or "")
+        if not patient_id.strip():
+            return ""
+        return self.pseudonyms.patient_id(patient_id, str(ds.get("IssuerOfPatientID", "") or ""))
+
     def render(self, ds: Dataset) -> list[Rendered]:
         """Every role's view of ``ds`` (CPU work: call it off the event loop)."""
         context = without_bulk(ds)
@@ -175,11 +185,12 @@ class ViewSet:
                 payloads[name] = view.render(context)
             except ViewError as exc:
                 payloads[name] = str(exc)
+        patient = self.patient(context)
         out: list[Rendered] = []
         for role, name in self.role_view.items():
             payload = payloads[name]
             if isinstance(payload, bytes):
-                out.append(Rendered(role, name, payload))
+                out.append(Rendered(role, name, payload, patient=patient))
             else:
                 out.append(Rendered(role, name, None, payload))
         out.extend(Rendered(role, "", None, reason) for role, reason in self.broken.items())
