@@ -44,6 +44,11 @@ class CommonSettings(BaseSettings):
     jwt_audience: str = DEFAULT_JWT_AUDIENCE
     #: The access policy (YAML); unset: the built-in defaults (``orstream/common/policy.yaml``).
     policy_file: Path | None = None
+    #: Replicas of the JetStream ``AUDIT`` stream when a service creates it (3 in production).
+    audit_replicas: int = Field(default=1, ge=1, le=5)
+    #: Also send audit records to syslog: ``udp://host:514``, ``tcp://host:601`` or
+    #: ``tls://host:6514`` (RFC 5426 / 6587 / 5425); empty: JetStream only.
+    audit_syslog: str = ""
 
     @property
     def dev_key_path(self) -> Path:

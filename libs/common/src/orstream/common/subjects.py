@@ -27,6 +27,9 @@ REGISTRY_BUCKET = "orstream-streams"
 #: it, ``replica.<site>.<replica>`` → a replica's presence; both renewed by heartbeat.
 ENCODER_BUCKET = "orstream-encoders"
 AUTH_REVOKE = "auth.revoke"
+#: JetStream stream holding the audit trail of every site, and the subjects it takes.
+AUDIT_STREAM = "AUDIT"
+AUDIT_SUBJECTS = "audit.>"
 #: Rendition name of the stream at its source size.
 SOURCE_RENDITION = "src"
 
@@ -138,3 +141,8 @@ def annotation(site: str, room: str) -> str:
 
 def audit(site: str, kind: str) -> str:
     return f"audit.{check_token(site, 'site')}.{check_token(kind, 'kind')}"
+
+
+def all_audit(site: str) -> str:
+    """Every audit record of ``site``."""
+    return f"audit.{check_token(site, 'site')}.>"
