@@ -273,6 +273,8 @@ class EncoderClaim(JsonMessage, kw_only=True):
     replica: str
     host: str = ""
     codecs: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Each rendition's configured bitrate (bit/s): the edge's ladder for choosing one per peer.
+    bitrates: dict[str, int] = msgspec.field(default_factory=dict)
     #: Set while the stream's worker refuses (e.g. an encoder that does not open), for operators.
     reason: str = ""
     renewed_ns: int = 0

@@ -145,6 +145,7 @@ class EncoderService:
             replica=self.settings.replica,
             host=self.host,
             codecs={r.name: r.codec for r in self.settings.renditions},
+            bitrates={r.name: r.bitrate_bps for r in self.settings.renditions},
             reason=worker.refusal if worker is not None else "",
         )
 
