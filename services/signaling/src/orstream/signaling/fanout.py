@@ -1,8 +1,16 @@
-"""Encode-once fan-out: one NATS subscription per watched stream, every AU to every peer.
+"""Encode-once fan-out: one NATS subscription per watched stream rendition, every AU to every peer.
 
-The AU becomes one ``av.Packet``, shared by all peers' tracks; keyframe requests from any number
-of peers (PLI/FIR, a joining peer, a slow peer skipping ahead) become at most one ``.keyframe``
-message per interval.
+::
+
+    NATS .enc.<rendition> ──► StreamFanout._on_au ──► one AccessUnit (av.Packet, RTP payloads once)
+                                                         ├─► AccessUnitTrack (peer 1, bounded queue)
+                                                         ├─► AccessUnitTrack (peer 2) ...
+    PLI/FIR, joins, slow peers ──► request_keyframe ──► at most one .keyframe per interval
+
+Keyframe requests from any number of peers (PLI/FIR, a joining peer, a slow peer skipping ahead)
+become at most one ``.keyframe`` message per interval. While a request is still unanswered
+(no IDR arrived since it went out) later ones are already served by it; a request that comes
+within the interval after its IDR arrived is deferred to the end of the interval, not dropped.
 """
 
 from __future__ import annotations
@@ -20,20 +28,26 @@ from orstream.common.bus import Bus
 from orstream.common.messages import AccessUnitMeta, MessageError
 from orstream.common.subjects import SOURCE_RENDITION, StreamId
 from orstream.common.telemetry import Counters, HopLatency
-from orstream.signaling.track import AccessUnit, AccessUnitTrack
+from orstream.signaling.track import DELIVERY_RANK, AccessUnit, AccessUnitTrack, DeliveryLatency
 
 log = logging.getLogger(__name__)
 
 
 class StreamLatency:
-    """The edge's two hops for one stream; outlives fan-outs so ``/stats`` keeps its history."""
+    """The edge's hops for one stream; outlives fan-outs so ``/stats`` keeps its history."""
 
     def __init__(self, stream: StreamId) -> None:
         attrs = {"site": stream.site, "room": stream.room, "stream": stream.stream}
         #: AU published by the encoder → received by the edge.
         self.bus = HopLatency("nats", attrs)
-        #: AU received by the edge → its last RTP packet sent to a peer.
+        #: AU received by the edge → its last RTP packet sent to a peer (every peer, every AU).
         self.send = HopLatency("edge", attrs)
+        #: Per AU: received → last RTP packet sent to the 10th peer, and to the last peer.
+        self.delivery = DeliveryLatency(
+            DELIVERY_RANK,
+            HopLatency(f"edge_peer{DELIVERY_RANK}", attrs),
+            HopLatency("edge_last_peer", attrs),
+        )
 
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
@@ -57,10 +71,14 @@ class StreamFanout:
         self.counters = counters
         self.bus_latency = latency.bus
         self.send_latency = latency.send
+        self.delivery = latency.delivery
         self.tracks: set[AccessUnitTrack] = set()
         self._sub: Subscription | None = None
         self._keyframe_interval_ns = int(keyframe_interval_s * 1e9)
         self._last_keyframe_request_ns = 0
+        #: The last request sent has not been answered by an IDR yet.
+        self._keyframe_outstanding = False
+        self._deferred_request: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -70,6 +88,9 @@ class StreamFanout:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+        if self._deferred_request is not None:
+            self._deferred_request.cancel()
+            self._deferred_request = None
         for track in list(self.tracks):
             track.stop()
         self.tracks.clear()
@@ -84,20 +105,51 @@ class StreamFanout:
         self.request_keyframe()  # a new peer needs an IDR to start
         return track
 
-    def detach(self, track: AccessUnitTrack) -> None:
+    def adopt(self, track: AccessUnitTrack) -> None:
+        """Feed a track that another fan-out fed until now (a rendition switch), from an IDR."""
+        track.rebind(self.request_keyframe)
+        self.tracks.add(track)
+        self.request_keyframe()
+
+    def detach(self, track: AccessUnitTrack, stop: bool = True) -> None:
+        """Stop feeding ``track``; ``stop=False`` leaves it live for the fan-out adopting it."""
         self.tracks.discard(track)
-        track.stop()
+        if stop:
+            track.stop()
 
     def request_keyframe(self) -> None:
         now = time.monotonic_ns()
-        if now - self._last_keyframe_request_ns < self._keyframe_interval_ns:
-            self.counters.add("keyframe_requests_coalesced")
+        wait_ns = self._last_keyframe_request_ns + self._keyframe_interval_ns - now
+        if wait_ns <= 0:
+            self._send_keyframe_request()
             return
-        self._last_keyframe_request_ns = now
+        self.counters.add("keyframe_requests_coalesced")
+        if self._keyframe_outstanding or self._deferred_request is not None:
+            return  # the IDR asked for (or about to be asked for) serves this one too
+        self._deferred_request = asyncio.get_running_loop().call_later(
+            wait_ns / 1e9, self._send_deferred_request
+        )
+
+    def _send_deferred_request(self) -> None:
+        self._deferred_request = None
+        self._send_keyframe_request()
+
+    def _send_keyframe_request(self) -> None:
+        if self._deferred_request is not None:
+            self._deferred_request.cancel()
+            self._deferred_request = None
+        self._last_keyframe_request_ns = time.monotonic_ns()
+        self._keyframe_outstanding = True
         self.counters.add("keyframe_requests")
         task = asyncio.get_running_loop().create_task(self.bus.publish(self.stream.keyframe()))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def _keyframe_arrived(self) -> None:
+        self._keyframe_outstanding = False
+        if self._deferred_request is not None:  # every peer waiting gets this IDR
+            self._deferred_request.cancel()
+            self._deferred_request = None
 
     async def _on_au(self, msg: Msg) -> None:
         received_ns = time.time_ns()
@@ -109,6 +161,8 @@ class StreamFanout:
             return
         self.bus_latency.record((received_ns - meta.published_ns) / 1e6, meta.capture_ns)
         self.counters.add("aus_in")
+        if meta.key:
+            self._keyframe_arrived()
         if not self.tracks:
             return
         packet = av.Packet(msg.data)
@@ -117,6 +171,6 @@ class StreamFanout:
         packet.time_base = VIDEO_TIME_BASE
         if meta.key:
             packet.is_keyframe = True
-        unit = AccessUnit(packet, meta, received_ns)
+        unit = AccessUnit(packet, meta, received_ns, self.delivery)
         for track in self.tracks:
             track.push(unit)

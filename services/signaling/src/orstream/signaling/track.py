@@ -1,8 +1,13 @@
 """A peer's video track fed with already-encoded access units, so aiortc only packetizes.
 
+Every peer of a fan-out gets the same :class:`AccessUnit` object: one ``av.Packet``, and once the
+first peer's sender has split it into RTP payloads, those payloads too (``remb.py``), so an AU is
+packetized once however many peers watch. The AU also counts its deliveries, which times the
+edge's budget hop "AU received → last RTP packet sent to the 10th peer" (and to the last one).
+
 Each peer has a bounded queue of AUs. A peer that cannot keep up (its queue fills) loses what is
 queued and skips ahead to the next keyframe, so it recovers with a clean picture and never holds
-back the other peers. A new peer starts at a keyframe too.
+back the other peers. A new peer, or one moved to another rendition, starts at a keyframe too.
 """
 
 from __future__ import annotations
@@ -21,14 +26,77 @@ from aiortc.mediastreams import MediaStreamError
 from orstream.common.messages import AccessUnitMeta
 from orstream.common.telemetry import Counters, HopLatency
 
+#: Each AU's delivery is timed to this many peers (the budget's "10th peer").
+DELIVERY_RANK = 10
+
+#: An AU as aiortc's H.264 packetizer returns it: RTP payloads and the 90 kHz timestamp.
+RtpPayloads = tuple[list[bytes], int]
+
 
 @dataclass(frozen=True, slots=True)
-class AccessUnit:
-    """One encoded AU as the edge received it; ``packet`` is shared by every peer."""
+class DeliveryLatency:
+    """Per AU: received by the edge → its last RTP packet sent to the ``rank``-th peer, and to
+    the last peer that sent it at all (peers that dropped it are not waited for)."""
 
-    packet: av.Packet[Any]
-    meta: AccessUnitMeta
-    received_ns: int
+    rank: int
+    ranked: HopLatency
+    last: HopLatency
+
+
+class AccessUnit:
+    """One encoded AU as the edge received it, shared by every peer of its fan-out."""
+
+    __slots__ = (
+        "_last_sent_ns",
+        "_pending",
+        "_sent",
+        "delivery",
+        "meta",
+        "packet",
+        "received_ns",
+        "rtp",
+    )
+
+    def __init__(
+        self,
+        packet: av.Packet[Any],
+        meta: AccessUnitMeta,
+        received_ns: int,
+        delivery: DeliveryLatency | None = None,
+    ) -> None:
+        self.packet = packet
+        self.meta = meta
+        self.received_ns = received_ns
+        self.delivery = delivery
+        #: The RTP payloads of this AU, set by the first peer's packetizer for the others.
+        self.rtp: RtpPayloads | None = None
+        self._pending = 0  # peers that queued it and have neither sent nor dropped it
+        self._sent = 0
+        self._last_sent_ns = 0
+
+    def queued(self) -> None:
+        self._pending += 1
+
+    def dropped(self) -> None:
+        self._pending -= 1
+        if not self._pending and self._sent and self.delivery is not None:
+            self.delivery.last.record(
+                (self._last_sent_ns - self.received_ns) / 1e6, self.meta.capture_ns
+            )
+
+    def sent(self, done_ns: int) -> None:
+        """A peer's sender has sent this AU's last RTP packet at ``done_ns``."""
+        self._pending -= 1
+        self._sent += 1
+        self._last_sent_ns = done_ns
+        delivery = self.delivery
+        if delivery is None:
+            return
+        latency_ms = (done_ns - self.received_ns) / 1e6
+        if self._sent == delivery.rank:
+            delivery.ranked.record(latency_ms, self.meta.capture_ns)
+        if not self._pending:
+            delivery.last.record(latency_ms, self.meta.capture_ns)
 
 
 class AccessUnitTrack(MediaStreamTrack):
@@ -47,11 +115,25 @@ class AccessUnitTrack(MediaStreamTrack):
         self._ready = asyncio.Event()
         self._need_keyframe = True
         self._request_keyframe = request_keyframe
-        self._in_flight: AccessUnit | None = None
         self._send_latency = send_latency
         self._counters = counters
+        #: The AU aiortc is sending now (returned by the last ``recv``).
+        self.in_flight: AccessUnit | None = None
         #: The peer's receiver estimated maximum bitrate (REMB), bit/s; 0 until it says.
         self.remb_bps = 0
+
+    @property
+    def queued(self) -> int:
+        """AUs waiting for this peer's sender."""
+        return len(self._queue)
+
+    def rebind(self, request_keyframe: Callable[[], None]) -> None:
+        """Another fan-out feeds this track from now on: start again at its next keyframe.
+
+        What is queued still goes out, so the picture holds until the new rendition's IDR.
+        """
+        self._request_keyframe = request_keyframe
+        self._need_keyframe = True
 
     def push(self, unit: AccessUnit) -> None:
         """Queue an AU (called by the fan-out for every AU of the stream)."""
@@ -63,14 +145,13 @@ class AccessUnitTrack(MediaStreamTrack):
                 return
             self._need_keyframe = False
         if len(self._queue) >= self._limit:
-            dropped = len(self._queue)
-            self._queue.clear()
-            self._counters.add("aus_dropped_slow_peer", dropped)
+            self._counters.add("aus_dropped_slow_peer", self._drop_queue())
             if not unit.meta.key:
                 self._need_keyframe = True
                 self._request_keyframe()
                 self._counters.add("aus_skipped_waiting_keyframe")
                 return
+        unit.queued()
         self._queue.append(unit)
         self._ready.set()
 
@@ -81,21 +162,33 @@ class AccessUnitTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet[Any]:
         # aiortc calls recv() again right after the previous AU's last RTP packet went out:
         # that moment closes the edge hop of the previous AU.
-        if self._in_flight is not None:
+        unit = self.in_flight
+        if unit is not None:
             done_ns = time.time_ns()
-            self._send_latency.record(
-                (done_ns - self._in_flight.received_ns) / 1e6, self._in_flight.meta.capture_ns
-            )
-            self._in_flight = None
+            self._send_latency.record((done_ns - unit.received_ns) / 1e6, unit.meta.capture_ns)
+            unit.sent(done_ns)
+            self.in_flight = None
         while not self._queue:
             if self.readyState != "live":
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
         unit = self._queue.popleft()
-        self._in_flight = unit
+        self.in_flight = unit
         return unit.packet
 
     def stop(self) -> None:
+        if self.readyState == "live":
+            self._drop_queue()
+            if self.in_flight is not None:  # its sender stops before it can say it is done
+                self.in_flight.dropped()
+                self.in_flight = None
         super().stop()
         self._ready.set()
+
+    def _drop_queue(self) -> int:
+        dropped = len(self._queue)
+        for unit in self._queue:
+            unit.dropped()
+        self._queue.clear()
+        return dropped
