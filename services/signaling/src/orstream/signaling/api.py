@@ -41,8 +41,8 @@ def build_router(
     @router.post("/whep/{site}/{room}/{stream}", status_code=201)
     async def whep_offer(site: str, room: str, stream: str, request: Request) -> Response:
         try:
-            identity = verifier.verify_header(request.headers.get("authorization"))
-            identity.require_room(site, room)
+            identity = await verifier.verify_header(request.headers.get("authorization"))
+            identity.require(site, room, stream)
         except AccessDenied as denied:
             counters.add("auth_denials")
             log.info("WHEP %s/%s/%s refused: %s", site, room, stream, denied.reason)
@@ -95,12 +95,12 @@ def build_router(
     @router.get("/api/v1/streams")
     async def list_streams(request: Request) -> Response:
         try:
-            identity = verifier.verify_header(request.headers.get("authorization"))
+            identity = await verifier.verify_header(request.headers.get("authorization"))
         except AccessDenied as denied:
             return _refuse(denied.status, denied.reason)
         visible: list[dict[str, Any]] = []
         for d in await registry.all():
-            if d.state != StreamState.STOPPED and identity.may_watch(d.site, d.room):
+            if d.state != StreamState.STOPPED and identity.may_watch(d.site, d.room, d.stream):
                 visible.append(
                     {
                         "site": d.site,

@@ -9,13 +9,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from orstream.common.health import HttpServer, health_routes
+from orstream.common.policy import Policy
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext
 from orstream.common.telemetry import Counters
-from orstream.common.tokens import load_or_create_signing_key
 from orstream.signaling.api import build_router
 from orstream.signaling.auth import TokenVerifier
 from orstream.signaling.ice import advertise_only
+from orstream.signaling.jwks import key_source
+from orstream.signaling.revocation import Revocations
 from orstream.signaling.sessions import SessionManager
 from orstream.signaling.settings import SignalingSettings
 
@@ -32,16 +34,28 @@ class SignalingService:
         self.counters = Counters("orstream.edge")
         self.sessions: SessionManager | None = None
         self.http: HttpServer | None = None
+        #: ``auth.revoke``; the session manager listens to end sessions at once.
+        self.revocations: Revocations | None = None
 
     async def start(self, ctx: ServiceContext) -> None:
         bus = ctx.require_bus()
         advertise_only(self.settings.ice_host_addresses)
-        key = load_or_create_signing_key(self.settings.dev_key_path)
+        self.revocations = Revocations(self.counters)
+        await self.revocations.start(bus)
+        ctx.stack.push_async_callback(self.revocations.stop)
+        keys = key_source(self.settings, self.counters)
+        ctx.stack.push_async_callback(keys.aclose)
+        await keys.refresh()  # now, so the first viewer does not wait; a failure is retried
         verifier = TokenVerifier(
-            key.public_key(),
+            keys,
             self.settings.jwt_issuer,
             self.settings.jwt_audience,
             self.settings.jwt_algorithms,
+            Policy.load(self.settings.policy_file),
+            revocations=self.revocations,
+            role_claim=self.settings.role_claim,
+            rooms_claim=self.settings.rooms_claim,
+            leeway_s=self.settings.jwt_leeway_s,
         )
         registry = await Registry.open(bus)
         self.sessions = SessionManager(self.settings, bus, self.counters)

@@ -18,6 +18,15 @@ DEFAULT_KEYFRAME_REQUEST_INTERVAL_S = 0.2
 #: How often the edge tells encoders which renditions it has peers on; they drop a rendition
 #: after four silent intervals.
 DEFAULT_INTEREST_INTERVAL_S = 0.5
+#: How long the identity provider's keys are trusted before they are fetched again.
+DEFAULT_JWKS_CACHE_S = 600.0
+#: At most one JWKS fetch per this interval, however many unknown key ids arrive.
+DEFAULT_JWKS_MIN_REFRESH_S = 30.0
+#: Clock skew tolerated on ``exp``/``nbf``/``iat`` between the identity provider and the edge.
+DEFAULT_JWT_LEEWAY_S = 30.0
+#: WHEP requests per second a caller may sustain, and the burst it may spend at once.
+DEFAULT_WHEP_RATE_PER_S = 2.0
+DEFAULT_WHEP_BURST = 10
 
 
 def default_edge_id() -> str:
@@ -40,5 +49,18 @@ class SignalingSettings(CommonSettings):
     interest_interval_s: float = Field(default=DEFAULT_INTEREST_INTERVAL_S, gt=0, le=5.0)
     #: This edge's name in ``.interest`` messages (unique among the edges of a site).
     edge_id: str = Field(default_factory=default_edge_id)
-    #: Algorithms accepted on bearer tokens; never ``none``.
-    jwt_algorithms: list[str] = Field(default_factory=lambda: ["ES256"])
+    #: Algorithms accepted on bearer tokens: asymmetric only, never ``none`` or ``HS*``.
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["ES256", "RS256", "EdDSA"])
+    #: The OIDC provider's JWKS; empty (and no discovery): the local development key.
+    jwks_url: str = ""
+    #: Find the JWKS through ``<jwt_issuer>/.well-known/openid-configuration``.
+    oidc_discovery: bool = False
+    jwks_cache_s: float = Field(default=DEFAULT_JWKS_CACHE_S, gt=0)
+    jwks_min_refresh_s: float = Field(default=DEFAULT_JWKS_MIN_REFRESH_S, ge=0)
+    jwt_leeway_s: float = Field(default=DEFAULT_JWT_LEEWAY_S, ge=0, le=300)
+    #: Claim naming the role; a dotted path reaches into objects (``realm_access.roles``).
+    role_claim: str = "role"
+    #: Optional claim narrowing the policy's rooms (globs over ``site/room``).
+    rooms_claim: str = "rooms"
+    whep_rate_per_s: float = Field(default=DEFAULT_WHEP_RATE_PER_S, gt=0)
+    whep_burst: int = Field(default=DEFAULT_WHEP_BURST, ge=1)

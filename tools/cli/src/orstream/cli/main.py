@@ -32,6 +32,7 @@ from orstream.cli.stack import (
     port_or_free,
 )
 from orstream.common.config import CommonSettings
+from orstream.common.policy import Policy, PolicyError
 from orstream.common.subjects import TOKEN_PATTERN
 from orstream.common.tokens import DEFAULT_TOKEN_TTL_S, load_or_create_signing_key, mint_token
 
@@ -52,6 +53,19 @@ def make_token(
         subject=subject,
         ttl_s=ttl_s,
     )
+
+
+def policy_role(role: str) -> str:
+    """``--role``: any role of the policy file (``ORSTREAM_POLICY_FILE``, else the defaults)."""
+    try:
+        roles = Policy.load(CommonSettings().policy_file).roles
+    except PolicyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if role not in roles:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {role!r} (the policy's roles: {', '.join(sorted(roles))})"
+        )
+    return role
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -225,7 +239,7 @@ def parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     token = sub.add_parser("token", help="mint a development token")
-    token.add_argument("--role", required=True, choices=DEMO_ROLES)
+    token.add_argument("--role", required=True, type=policy_role, help="a role of the policy")
     token.add_argument(
         "--rooms", required=True, action="append", help="site/room glob, e.g. 'site1/*'"
     )
