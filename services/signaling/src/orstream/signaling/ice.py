@@ -6,12 +6,34 @@ network cannot reach and which would stall every answer; the edge always passes 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
+
+from orstream.signaling.turn import IceServer
 
 
-def configuration(ice_servers: list[str]) -> RTCConfiguration:
-    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
+def configuration(
+    ice_servers: Sequence[str | IceServer], *, relay_only: bool = False
+) -> RTCConfiguration:
+    """aiortc's configuration from plain URLs or :class:`IceServer` values with credentials.
+
+    aiortc uses the first STUN and the first TURN URL it can (UDP or TCP TURN only).
+    ``relay_only`` gathers relay candidates alone, as a browser's ``iceTransportPolicy: "relay"``.
+    """
+    return RTCConfiguration(
+        iceServers=[_rtc_ice_server(server) for server in ice_servers],
+        iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL,
+    )
+
+
+def _rtc_ice_server(server: str | IceServer) -> RTCIceServer:
+    if isinstance(server, str):
+        return RTCIceServer(urls=server)
+    return RTCIceServer(
+        urls=list(server.urls), username=server.username, credential=server.credential
+    )
 
 
 def advertise_only(addresses: list[str]) -> None:

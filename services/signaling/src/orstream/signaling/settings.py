@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
 from orstream.common.config import CommonSettings
+from orstream.signaling.turn import DEFAULT_TURN_TTL_S, check_ice_urls
 
 DEFAULT_HTTP_PORT = 8081
 #: AUs queued per peer before it is declared slow and skipped to the next keyframe (~160 ms).
@@ -43,6 +45,15 @@ class SignalingSettings(CommonSettings):
     #: Advertise only these host addresses in ICE (e.g. a node IP, or 127.0.0.1 in tests);
     #: empty: every non-loopback interface.
     ice_host_addresses: list[str] = Field(default_factory=list)
+    #: STUN URLs offered to browsers (``stun:host:3478``), without credentials.
+    stun_urls: list[str] = Field(default_factory=list)
+    #: TURN URLs offered to browsers (``turn:host:3478?transport=udp``) with credentials minted
+    #: per session from ``turn_secret``.
+    turn_urls: list[str] = Field(default_factory=list)
+    #: coturn's ``static-auth-secret`` (TURN REST API); required by any TURN URL.
+    turn_secret: SecretStr | None = None
+    #: Longest life of a minted TURN credential; a session's ends earlier with its token.
+    turn_ttl_s: int = Field(default=DEFAULT_TURN_TTL_S, ge=60)
     peer_queue_aus: int = Field(default=DEFAULT_PEER_QUEUE_AUS, ge=2, le=500)
     connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
     keyframe_request_interval_s: float = Field(default=DEFAULT_KEYFRAME_REQUEST_INTERVAL_S, ge=0)
@@ -64,3 +75,10 @@ class SignalingSettings(CommonSettings):
     rooms_claim: str = "rooms"
     whep_rate_per_s: float = Field(default=DEFAULT_WHEP_RATE_PER_S, gt=0)
     whep_burst: int = Field(default=DEFAULT_WHEP_BURST, ge=1)
+
+    @model_validator(mode="after")
+    def _check_ice_urls(self) -> Self:
+        check_ice_urls(
+            self.stun_urls, self.turn_urls, self.ice_servers, self.turn_secret is not None
+        )
+        return self
