@@ -101,7 +101,7 @@ async def stored(bus: Bus, site: str, expected: int, timeout_s: float = 10.0) ->
         while len(out) < expected and time.monotonic() < deadline:
             try:
                 batch = await sub.fetch(expected - len(out), timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 continue
             for msg in batch:
                 await msg.ack()

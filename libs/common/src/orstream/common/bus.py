@@ -88,13 +88,17 @@ class Bus:
 
         Without the flush, a message published on another connection right after this returns
         could reach the server before the SUB and be lost: "ready" would not mean ready.
+        nats-py writes a flush's PING straight to the socket, possibly ahead of the SUB still in
+        its pending buffer; by the first PONG its flusher has written the SUB, so the second
+        PING follows it and its PONG means the server has the interest.
         """
         sub = await self.nc.subscribe(
             subject, queue=queue, cb=handler, pending_msgs_limit=PENDING_MSGS_LIMIT
         )
         if self.nc.is_connected:
             try:
-                await self.nc.flush(timeout=FLUSH_TIMEOUT_S)
+                for _ in range(2):
+                    await self.nc.flush(timeout=FLUSH_TIMEOUT_S)
             except Exception as exc:  # reconnecting: the SUB is replayed on reconnect anyway
                 log.warning("nats: flush after subscribing to %s failed (%s)", subject, exc)
         return sub

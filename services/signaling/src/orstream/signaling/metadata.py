@@ -54,6 +54,8 @@ class RoleMetadata:
         self.counters = counters
         self.channels: set[Any] = set()
         self.latest: dict[tuple[str, str], str] = {}
+        #: The room's patient by pseudonym (from the newest dataset), for audit records.
+        self.patient = ""
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -83,6 +85,8 @@ class RoleMetadata:
             self.counters.add("metadata_malformed")
             log.warning("%s: dropped malformed role metadata: %s", self.subject, exc)
             return
+        if meta.patient:
+            self.patient = meta.patient
         key = (meta.source, meta.stream)
         if key not in self.latest and len(self.latest) >= MAX_LATEST:
             self.latest.pop(next(iter(self.latest)))

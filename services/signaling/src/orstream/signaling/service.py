@@ -8,15 +8,18 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from orstream.common.audit_trail import AuditTrail
 from orstream.common.health import HttpServer, health_routes
 from orstream.common.policy import Policy
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext
+from orstream.common.syslog import SyslogForwarder
 from orstream.common.telemetry import Counters
-from orstream.signaling.api import build_router
+from orstream.signaling.api import STREAMS_HEADER, EdgeApi, build_router
 from orstream.signaling.auth import TokenVerifier
 from orstream.signaling.ice import advertise_only
 from orstream.signaling.jwks import key_source
+from orstream.signaling.ratelimit import RateLimiter
 from orstream.signaling.revocation import Revocations
 from orstream.signaling.sessions import SessionManager
 from orstream.signaling.settings import SignalingSettings
@@ -34,6 +37,7 @@ class SignalingService:
         self.counters = Counters("orstream.edge")
         self.sessions: SessionManager | None = None
         self.http: HttpServer | None = None
+        self.audit: AuditTrail | None = None
         #: ``auth.revoke``; the session manager listens to end sessions at once.
         self.revocations: Revocations | None = None
 
@@ -58,17 +62,42 @@ class SignalingService:
             leeway_s=self.settings.jwt_leeway_s,
         )
         registry = await Registry.open(bus)
-        self.sessions = SessionManager(self.settings, bus, self.counters)
-        self.sessions.interest.start()
+        syslog = (
+            SyslogForwarder(self.settings.audit_syslog, app_name="orstream-edge")
+            if self.settings.audit_syslog
+            else None
+        )
+        self.audit = AuditTrail(
+            bus,
+            self.settings.site,
+            self.settings.edge_id,
+            replicas=self.settings.audit_replicas,
+            syslog=syslog,
+            counters=self.counters,
+        )
+        await self.audit.start()
+        ctx.stack.push_async_callback(self.audit.stop)  # last: the final session stops too
+        self.sessions = SessionManager(self.settings, bus, self.counters, self.audit)
+        self.revocations.add_listener(self.sessions.revoke)
+        self.sessions.start()
+        api = EdgeApi(
+            self.settings,
+            verifier,
+            self.sessions,
+            registry,
+            self.counters,
+            self.audit,
+            RateLimiter(self.settings.whep_rate_per_s, self.settings.whep_burst),
+        )
         app = FastAPI(title="orstream edge", docs_url=None, redoc_url=None)
         app.add_middleware(
             CORSMiddleware,
             allow_origins=self.settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "PATCH", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Location"],
+            expose_headers=["Location", "Link", STREAMS_HEADER],
         )
-        app.include_router(build_router(verifier, self.sessions, registry, self.counters))
+        app.include_router(build_router(api))
         app.router.routes.extend(health_routes(self.ready, self.stats))
         self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
         await self.http.start()
@@ -83,14 +112,23 @@ class SignalingService:
         streams: dict[str, Any] = {}
         if self.sessions is not None:
             for stream, latency in self.sessions.latency.items():
-                fanout = self.sessions.fanouts.get(stream)
+                renditions = {
+                    rendition: len(fanout.tracks)
+                    for (s, rendition), fanout in self.sessions.fanouts.items()
+                    if s == stream
+                }
                 streams[str(stream)] = {
-                    "peers": len(fanout.tracks) if fanout else 0,
+                    "peers": sum(renditions.values()),
+                    "renditions": renditions,
                     "nats": latency.bus.summary(since_ns),
                     "edge": latency.send.summary(since_ns),
                 }
         return {
             "sessions": len(self.sessions.sessions) if self.sessions else 0,
+            "session_detail": [s.snapshot() for s in self.sessions.sessions.values()]
+            if self.sessions
+            else [],
             "streams": streams,
             "counters": self.counters.snapshot(),
+            "audit": self.audit.stats() if self.audit is not None else {},
         }

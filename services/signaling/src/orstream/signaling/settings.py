@@ -55,6 +55,10 @@ class SignalingSettings(CommonSettings):
     #: Longest life of a minted TURN credential; a session's ends earlier with its token.
     turn_ttl_s: int = Field(default=DEFAULT_TURN_TTL_S, ge=60)
     peer_queue_aus: int = Field(default=DEFAULT_PEER_QUEUE_AUS, ge=2, le=500)
+    #: Streams one room session may carry (one transceiver each).
+    max_room_streams: int = Field(default=8, ge=1, le=32)
+    #: How often the ``stats`` DataChannel reports a session's numbers to its peer.
+    stats_interval_s: float = Field(default=1.0, gt=0, le=60)
     connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
     keyframe_request_interval_s: float = Field(default=DEFAULT_KEYFRAME_REQUEST_INTERVAL_S, ge=0)
     interest_interval_s: float = Field(default=DEFAULT_INTEREST_INTERVAL_S, gt=0, le=5.0)

@@ -117,18 +117,41 @@ def read_timecode(frame: av.VideoFrame) -> timecode.Timecode | None:
 
 
 class Probe:
-    """One WHEP session: ``async with Probe(url, token) as p: await p.measure(seconds)``."""
+    """One WHEP session: ``async with Probe(url, token) as p: await p.measure(seconds)``.
 
-    def __init__(self, whep_url: str, token: str, metadata: bool = False) -> None:
+    ``url`` is a stream's WHEP endpoint, or a room's with ``video=N`` m-lines (a room session:
+    the answer's ``Orstream-Streams`` header names the stream of each). ``channels`` are opened
+    as DataChannels; what arrives on them is kept raw in ``received`` (and ``metadata`` parsed).
+    """
+
+    def __init__(
+        self,
+        whep_url: str,
+        token: str,
+        metadata: bool = False,
+        *,
+        video: int = 1,
+        channels: tuple[str, ...] = (),
+    ) -> None:
         self.whep_url = whep_url
         self.token = token
         #: Open the ``metadata`` DataChannel and keep what arrives on it.
         self.wants_metadata = metadata
+        self.video = video
+        self.channel_labels = tuple(dict.fromkeys((("metadata",) if metadata else ()) + channels))
+        self.channels: dict[str, Any] = {}
+        self.received: dict[str, list[str | bytes]] = {label: [] for label in self.channel_labels}
+        self.message_arrived = asyncio.Event()
         self.metadata: list[MetadataMessage] = []
         self.metadata_arrived = asyncio.Event()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.result = ProbeResult()
         self.resource: str | None = None
+        #: The stream of each video m-line, in order (from the answer).
+        self.streams: list[str] = []
+        #: Set when the peer connection fails or is closed by the edge.
+        self.ended = asyncio.Event()
+        self._tracks: list[object] = []
         self._track_ready: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._http = httpx.AsyncClient(timeout=WHEP_TIMEOUT_S)
 
@@ -143,25 +166,38 @@ class Probe:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def connect(self) -> None:
-        transceiver = self.pc.addTransceiver("video", direction="recvonly")
-        transceiver.receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(  # type: ignore[attr-defined]
-            capacity=512, is_video=True
-        )
+    def _open_channel(self, label: str) -> None:
+        channel = self.pc.createDataChannel(label)
+        self.channels[label] = channel
 
-        if self.wants_metadata:
-            channel = self.pc.createDataChannel("metadata")
-
-            @channel.on("message")
-            def on_message(text: str | bytes) -> None:
-                received_ns = time.time_ns()
+        @channel.on("message")
+        def on_message(text: str | bytes) -> None:
+            received_ns = time.time_ns()
+            self.received[label].append(text)
+            self.message_arrived.set()
+            if label == "metadata":
                 self.metadata.append(MetadataMessage(json.loads(text), received_ns))
                 self.metadata_arrived.set()
 
+    async def connect(self) -> None:
+        for _ in range(self.video):
+            transceiver = self.pc.addTransceiver("video", direction="recvonly")
+            transceiver.receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(  # type: ignore[attr-defined]
+                capacity=512, is_video=True
+            )
+        for label in self.channel_labels:
+            self._open_channel(label)
+
         @self.pc.on("track")
         def on_track(track: object) -> None:
+            self._tracks.append(track)
             if not self._track_ready.done():
                 self._track_ready.set_result(track)
+
+        @self.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self.pc.connectionState in ("failed", "closed"):
+                self.ended.set()
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         response = await self._http.post(
@@ -172,11 +208,24 @@ class Probe:
         if response.status_code != 201:
             raise WhepError(response.status_code, response.text.strip())
         self.resource = urljoin(self.whep_url, response.headers["location"])
+        self.streams = [s for s in response.headers.get("orstream-streams", "").split(",") if s]
         await self.pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
 
-    async def measure(self, seconds: float, max_frames: int | None = None) -> ProbeResult:
-        """Receive for ``seconds`` (or ``max_frames``), recording each frame's timecode."""
+    def track(self, stream: str) -> object:
+        """The received track of ``stream`` in a room session."""
+        return self._tracks[self.streams.index(stream)]
+
+    async def measure(
+        self, seconds: float, max_frames: int | None = None, stream: str | None = None
+    ) -> ProbeResult:
+        """Receive for ``seconds`` (or ``max_frames``), recording each frame's timecode.
+
+        In a room session, ``stream`` picks which of its tracks (a fresh result each call).
+        """
         track = await asyncio.wait_for(self._track_ready, CONNECT_TIMEOUT_S)
+        if stream is not None:
+            track = self.track(stream)
+            self.result = ProbeResult()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
