@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from fractions import Fraction
 from typing import Any
 
+import aiortc.clock
 import av
 import pytest
+from aiortc import RTCPeerConnection
 from aiortc.codecs.h264 import H264Encoder as AiortcPacketizer
 from nats.aio.msg import Msg
 
@@ -19,7 +21,7 @@ from orstream.common.messages import AccessUnitMeta
 from orstream.common.subjects import StreamId
 from orstream.common.telemetry import Counters, HopLatency
 from orstream.signaling.fanout import StreamFanout, StreamLatency
-from orstream.signaling.remb import RembRecordingPacketizer
+from orstream.signaling.remb import RembRecordingPacketizer, ntp_time, record_remb
 from orstream.signaling.track import DELIVERY_RANK, AccessUnit, AccessUnitTrack, DeliveryLatency
 
 STREAM = StreamId("fansite", "or1", "cam")
@@ -47,7 +49,7 @@ def track(queue_limit: int = 8, requests: list[int] | None = None) -> AccessUnit
         if requests is not None:
             requests.append(1)
 
-    return AccessUnitTrack(queue_limit, request, HopLatency("edge"), Counters("test"))
+    return AccessUnitTrack(queue_limit, request, Counters("test"))
 
 
 async def test_peers_of_a_fanout_packetize_each_au_once() -> None:
@@ -84,6 +86,29 @@ async def test_a_packet_that_is_not_the_tracks_au_is_packed_as_aiortc_does() -> 
     unit = access_unit(2, key=True)
     assert packetizer.pack(unit.packet) == AiortcPacketizer().pack(unit.packet)
     assert unit.rtp is None
+
+
+async def test_senders_get_the_packetizer_and_a_clock_that_agrees_with_aiortcs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = aiortc.clock.current_ntp_time
+    monkeypatch.setattr(aiortc.clock, "current_ntp_time", original)
+    before = original()
+    ours = ntp_time()
+    after = original()
+    resolution = (1 << 32) // 1_000_000  # aiortc's clock counts microseconds
+    assert before - resolution <= ours <= after + resolution
+    pc = RTCPeerConnection()
+    try:
+        t = track()
+        sender = pc.addTransceiver(t, direction="sendonly").sender
+        record_remb(sender, t)
+        assert isinstance(sender._RTCRtpSender__encoder, RembRecordingPacketizer)  # type: ignore[attr-defined]
+        assert aiortc.clock.current_ntp_time is ntp_time
+        sender._RTCRtpSender__encoder.target_bitrate = 1_500_000  # type: ignore[attr-defined]
+        assert t.remb_bps == 1_500_000
+    finally:
+        await pc.close()
 
 
 async def test_delivery_is_timed_to_the_tenth_and_the_last_peer() -> None:

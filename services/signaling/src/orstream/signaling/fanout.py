@@ -40,13 +40,11 @@ class StreamLatency:
         attrs = {"site": stream.site, "room": stream.room, "stream": stream.stream}
         #: AU published by the encoder → received by the edge.
         self.bus = HopLatency("nats", attrs)
-        #: AU received by the edge → its last RTP packet sent to a peer (every peer, every AU).
+        #: AU received by the edge → its last RTP packet sent to its last peer (once per AU).
         self.send = HopLatency("edge", attrs)
-        #: Per AU: received → last RTP packet sent to the 10th peer, and to the last peer.
+        #: … and to its 10th peer (the budget's figure), beside the last one.
         self.delivery = DeliveryLatency(
-            DELIVERY_RANK,
-            HopLatency(f"edge_peer{DELIVERY_RANK}", attrs),
-            HopLatency("edge_last_peer", attrs),
+            DELIVERY_RANK, HopLatency(f"edge_peer{DELIVERY_RANK}", attrs), self.send
         )
 
 
@@ -98,9 +96,7 @@ class StreamFanout:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     def attach(self, queue_limit: int) -> AccessUnitTrack:
-        track = AccessUnitTrack(
-            queue_limit, self.request_keyframe, self.send_latency, self.counters
-        )
+        track = AccessUnitTrack(queue_limit, self.request_keyframe, self.counters)
         self.tracks.add(track)
         self.request_keyframe()  # a new peer needs an IDR to start
         return track

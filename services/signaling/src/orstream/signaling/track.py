@@ -3,7 +3,8 @@
 Every peer of a fan-out gets the same :class:`AccessUnit` object: one ``av.Packet``, and once the
 first peer's sender has split it into RTP payloads, those payloads too (``remb.py``), so an AU is
 packetized once however many peers watch. The AU also counts its deliveries, which times the
-edge's budget hop "AU received → last RTP packet sent to the 10th peer" (and to the last one).
+edge's budget hop "AU received → last RTP packet sent to the 10th peer" and the edge hop (to the
+last peer), once per AU: what the edge spends per peer and AU stays with aiortc's sender.
 
 Each peer has a bounded queue of AUs. A peer that cannot keep up (its queue fills) loses what is
 queued and skips ahead to the next keyframe, so it recovers with a clean picture and never holds
@@ -36,7 +37,8 @@ RtpPayloads = tuple[list[bytes], int]
 @dataclass(frozen=True, slots=True)
 class DeliveryLatency:
     """Per AU: received by the edge → its last RTP packet sent to the ``rank``-th peer, and to
-    the last peer that sent it at all (peers that dropped it are not waited for)."""
+    the last of its peers (peers that dropped it are not waited for; with one peer, to that
+    one). Each is recorded once per AU, however many peers it has."""
 
     rank: int
     ranked: HopLatency
@@ -106,7 +108,6 @@ class AccessUnitTrack(MediaStreamTrack):
         self,
         queue_limit: int,
         request_keyframe: Callable[[], None],
-        send_latency: HopLatency,
         counters: Counters,
     ) -> None:
         super().__init__()
@@ -115,7 +116,6 @@ class AccessUnitTrack(MediaStreamTrack):
         self._ready = asyncio.Event()
         self._need_keyframe = True
         self._request_keyframe = request_keyframe
-        self._send_latency = send_latency
         self._counters = counters
         #: The AU aiortc is sending now (returned by the last ``recv``).
         self.in_flight: AccessUnit | None = None
@@ -161,12 +161,9 @@ class AccessUnitTrack(MediaStreamTrack):
 
     async def recv(self) -> av.Packet[Any]:
         # aiortc calls recv() again right after the previous AU's last RTP packet went out:
-        # that moment closes the edge hop of the previous AU.
-        unit = self.in_flight
-        if unit is not None:
-            done_ns = time.time_ns()
-            self._send_latency.record((done_ns - unit.received_ns) / 1e6, unit.meta.capture_ns)
-            unit.sent(done_ns)
+        # that moment is when this peer has had the previous AU.
+        if self.in_flight is not None:
+            self.in_flight.sent(time.time_ns())
             self.in_flight = None
         while not self._queue:
             if self.readyState != "live":
