@@ -8,6 +8,7 @@
     orstream bench latency [--seconds S] [--resolution WxH] [--fps F] [--peers N] --json PATH
     orstream bench ingest [--source URL] [--seconds S] --json PATH
     orstream bench encoder [--seconds S] --json PATH
+    orstream bench fanout [--peers N] [--baseline-peers K] [--seconds S] --json PATH
 """
 
 from __future__ import annotations
@@ -198,6 +199,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from orstream.bench import metadata
 
         return metadata.main(args)
+    if args.scenario == "fanout":
+        from orstream.bench import fanout
+
+        return fanout.main(args)
     return 2
 
 
@@ -273,6 +278,23 @@ def parser() -> argparse.ArgumentParser:
     meta.add_argument("--seconds", type=float, default=10.0, help="of context at 25 Hz")
     meta.add_argument("--datasets", type=int, default=2000, help="for the throughput run")
     meta.add_argument("--json", required=True, dest="json_path")
+    fan = scenarios.add_parser(
+        "fanout", help="peers per edge core (encode-once fan-out) against aiortc encoding per peer"
+    )
+    fan.add_argument("--peers", type=int, default=30, help="WebRTC peers on the edge's stream")
+    fan.add_argument(
+        "--baseline-peers", type=int, default=2, help="peers of the baseline, one encoder each"
+    )
+    fan.add_argument("--seconds", type=float, default=20.0, help="measured window per sender")
+    fan.add_argument("--warmup", type=float, default=3.0)
+    fan.add_argument("--peers-per-process", type=int, default=50, help="receiving peers")
+    fan.add_argument(
+        "--compare-packetization",
+        action="store_true",
+        help="also measure the fan-out with every peer packetizing each AU itself",
+    )
+    fan.add_argument("--profile", default=None, metavar="PATH", help="cProfile the edge to PATH")
+    fan.add_argument("--json", required=True, dest="json_path")
     bench.set_defaults(func=cmd_bench)
 
     deid = sub.add_parser(
