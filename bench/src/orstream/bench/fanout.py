@@ -188,7 +188,7 @@ class Window:
 async def measure(
     sender: Child,
     whep_url: str,
-    token: str,
+    tokens: list[str],
     peers: int,
     per_process: int,
     warmup_s: float,
@@ -197,15 +197,25 @@ async def measure(
     logs: Path,
     published: Callable[[], int] | None = None,
 ) -> Window:
-    """Connect ``peers`` counting peers to ``sender``, warm up, and measure one window;
-    ``published`` counts the AUs the source has sent so far, when it is not the sender."""
+    """Connect ``peers`` counting peers to ``sender``, warm up, and measure one window.
+
+    ``tokens``: one per peer (each its own viewer), or one for all; ``published`` counts the
+    AUs the source has sent so far, when it is not the sender.
+    """
     processes = max(1, math.ceil(peers / per_process))
     shares = [peers // processes + (i < peers % processes) for i in range(processes)]
+    starts = [sum(shares[:i]) for i in range(processes)]
     lifetime = READY_TIMEOUT_S + CONNECT_ALLOWANCE_S * peers + warmup_s + seconds + 60
     sinks: list[Sink] = []
     try:
-        for i, share in enumerate(shares):
-            args = [whep_url, "--token", token, "--peers", str(share), "--lifetime", f"{lifetime}"]
+        for i, (share, start) in enumerate(zip(shares, starts, strict=True)):
+            args = [whep_url, "--peers", str(share), "--lifetime", f"{lifetime}"]
+            if len(tokens) == 1:
+                args += ["--token", tokens[0]]
+            else:
+                tokens_file = logs / f"{sender.name}-peers{i}.tokens"
+                tokens_file.write_text("\n".join(tokens[start : start + share]) + "\n")
+                args += ["--tokens", str(tokens_file)]
             child = await spawn(
                 f"{sender.name}-peers{i}", "orstream.bench.rtpsink", args, env, logs, piped=True
             )
@@ -309,7 +319,10 @@ async def fanout_phase(
     """The edge, its replayed stream and ``args.peers`` peers; one measured window."""
     stream = StreamId(SITE, ROOM, STREAM)
     env = base_env(nats_url, state_dir)
-    token = make_token("surgeon", [f"{SITE}/*"])
+    # One viewer per peer: the edge limits WHEP offers per identity.
+    tokens = [
+        make_token("surgeon", [f"{SITE}/*"], subject=f"bench-viewer-{i}") for i in range(args.peers)
+    ]
     port = free_port()
     edge_env = env | {
         "ORSTREAM_HTTP_HOST": "127.0.0.1",
@@ -347,7 +360,7 @@ async def fanout_phase(
         await wait_ready(edge, f"http://127.0.0.1:{port}/readyz")
         whep_url = f"http://127.0.0.1:{port}/whep/{SITE}/{ROOM}/{STREAM}"
         result = await measure(
-            edge, whep_url, token, args.peers, args.peers_per_process, args.warmup,
+            edge, whep_url, tokens, args.peers, args.peers_per_process, args.warmup,
             args.seconds, env, logs, published=lambda: replay.published,
         )  # fmt: skip
         async with httpx.AsyncClient(timeout=5.0) as http:
@@ -388,7 +401,7 @@ async def baseline_phase(
         result = await measure(
             server,
             f"http://127.0.0.1:{port}/whep/{SITE}/{ROOM}/{STREAM}",
-            "none",  # the baseline takes no token
+            ["none"],  # the baseline takes no token
             args.baseline_peers,
             args.peers_per_process,
             args.warmup,
@@ -485,8 +498,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "keyframe_bytes_mean": round(clip.keyframe_bytes),
                 "content": "testpattern (synthetic endoscope, panning), libx264 ultrafast",
             },
-            "baseline": "aiortc RTCRtpSender encoding raw frames per peer (libx264, aiortc "
-            "defaults, target bitrate as the stream)",
+            "baseline": "aiortc RTCRtpSender encoding raw frames per peer (libx264 as aiortc "
+            "sets it up; target bitrate scaled for its 30 fps rate control to send ~3 Mbit/s)",
             "peers_per_process": args.peers_per_process,
             "receiving_peers": "aiortc, SRTP decrypted and RTP parsed, not decoded",
             "cpu_count": os.cpu_count(),
@@ -504,8 +517,17 @@ def main(args: argparse.Namespace) -> int:
     report = run(args)
     write_report(report, args.json_path)
     results = report["results"]
+    ok = True
+    for phase in ("fanout", "per_peer_packetization", "baseline"):
+        if phase in results and results[phase]["peers_failed"]:
+            print(
+                f"orstream bench fanout: {results[phase]['peers_failed']} {phase} peers did not "
+                f"connect: {results[phase]['errors']}",
+                file=sys.stderr,
+            )
+            ok = False
     received = results["fanout"]["packets_received"] and results["baseline"]["packets_received"]
-    return 0 if received else 1
+    return 0 if ok and received else 1
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Each peer that signs in (the same WHEP exchange as the edge's, without tokens) gets its own
 track of raw 720p50 frames of the test pattern, and aiortc's ``RTCRtpSender`` encodes them for
 that peer alone with its own H.264 encoder (libx264 with aiortc's defaults), in a thread of the
-default executor. The encoder's target bitrate is set to the fan-out stream's; a live source
-never waits for a slow encoder (late frames are skipped, as a camera would).
+default executor. The encoder's target bitrate is set so that it sends what the fan-out
+stream does (aiortc's rate control assumes 30 fps); a live source never waits for a slow
+encoder (late frames are skipped, as a camera would).
 
     python -m orstream.bench.fanout_baseline --port P [--bitrate-bps B]
 """
@@ -29,7 +30,7 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.h264 import MAX_FRAME_RATE, H264Encoder
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -96,7 +97,7 @@ class BaselineSender:
             [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in H264_MIMES]
         )
         encoder = H264Encoder()
-        encoder.target_bitrate = self.bitrate_bps
+        encoder.target_bitrate = round(self.bitrate_bps * MAX_FRAME_RATE / self.fps)
         transceiver.sender._RTCRtpSender__encoder = encoder  # type: ignore[attr-defined]
         offer = (await request.body()).decode()
         try:

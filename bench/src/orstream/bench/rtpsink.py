@@ -11,7 +11,7 @@ PLIs; on loopback nothing is lost to need them.
 
 Run by the bench as a child process, one JSON line per event on stdout::
 
-    python -m orstream.bench.rtpsink WHEP_URL --token T --peers N
+    python -m orstream.bench.rtpsink WHEP_URL (--token T --peers N | --tokens FILE)
       → {"event": "ready", "connected": N, "failed": 0, "errors": []}
     stdin "mark"  → {"event": "mark", "t_ns": …, "cpu_s": …, "peers": [{"packets": …}, …]}
     stdin "quit"  → closes every session (WHEP DELETE) and exits
@@ -29,6 +29,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiortc.rtp import RtpPacket
@@ -114,10 +115,10 @@ def _emit(event: dict[str, Any]) -> None:
 
 
 async def _connect_all(
-    url: str, token: str, count: int, timeout_s: float
+    url: str, tokens: list[str], timeout_s: float
 ) -> tuple[list[CountingPeer], list[str]]:
     limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    peers = [CountingPeer(url, token) for _ in range(count)]
+    peers = [CountingPeer(url, token) for token in tokens]
 
     async def one(peer: CountingPeer) -> str | None:
         async with limit:
@@ -135,7 +136,7 @@ async def _connect_all(
 
 async def serve(args: argparse.Namespace) -> int:
     advertise_only(["127.0.0.1"])
-    peers, errors = await _connect_all(args.url, args.token, args.peers, args.connect_timeout)
+    peers, errors = await _connect_all(args.url, args.token_list, args.connect_timeout)
     _emit({"event": "ready", "connected": len(peers), "failed": len(errors), "errors": errors[:5]})
     commands = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(
@@ -167,11 +168,15 @@ async def serve(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m orstream.bench.rtpsink")
     parser.add_argument("url", help="WHEP endpoint of the stream")
-    parser.add_argument("--token", default="")
+    parser.add_argument("--token", default="", help="the same bearer token for every peer")
     parser.add_argument("--peers", type=int, default=1)
+    parser.add_argument("--tokens", help="a file of tokens, one peer per line (one viewer each)")
     parser.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_S)
     parser.add_argument("--lifetime", type=float, default=DEFAULT_LIFETIME_S)
     args = parser.parse_args()
+    args.token_list = (
+        Path(args.tokens).read_text().split() if args.tokens else [args.token] * args.peers
+    )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     sys.exit(asyncio.run(serve(args)))
 
