@@ -54,6 +54,8 @@ class EdgeApi:
     counters: Counters
     audit: AuditTrail | None
     limiter: RateLimiter
+    #: Failed authentications per client address (bounds the audit records a flood can cause).
+    failures: RateLimiter
     _seen_tokens: dict[str, None] = field(default_factory=dict)
 
     def client(self, request: Request) -> str:
@@ -70,6 +72,14 @@ class EdgeApi:
             identity = await self.verifier.verify_header(request.headers.get("authorization"))
         except AccessDenied as denied:
             self.counters.add("auth_failures")
+            wait = self.failures.check(client)
+            if wait is not None:
+                # One address sending bad tokens in a flood: refused as such, and audited at
+                # the limiter's rate rather than once per request.
+                self.counters.add("auth_failures_throttled")
+                raise AccessDenied(
+                    429, f"too many failed authentications from {client}", wait
+                ) from denied
             log.info("%s %s refused (%s): %s", request.method, request.url.path, client, denied)
             self._audit_authentication(client, "", ok=False, reason=denied.reason)
             raise

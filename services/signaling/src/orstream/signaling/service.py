@@ -26,6 +26,11 @@ from orstream.signaling.settings import SignalingSettings
 
 log = logging.getLogger(__name__)
 
+#: Failed authentications one client address may cause before it gets 429 (and is audited at
+#: this rate, not per request): enough for people mistyping, not for a flood.
+FAILED_AUTH_RATE_PER_S = 1.0
+FAILED_AUTH_BURST = 20
+
 
 class SignalingService:
     name = "signaling"
@@ -88,6 +93,7 @@ class SignalingService:
             self.counters,
             self.audit,
             RateLimiter(self.settings.whep_rate_per_s, self.settings.whep_burst),
+            RateLimiter(FAILED_AUTH_RATE_PER_S, FAILED_AUTH_BURST),
         )
         app = FastAPI(title="orstream edge", docs_url=None, redoc_url=None)
         app.add_middleware(
