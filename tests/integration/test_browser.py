@@ -104,7 +104,7 @@ def test_bad_token_is_refused_with_the_reason(browser, stack: Stack, state_dir: 
         page.goto(f"{stack.viewer_url}/#token=not-a-token")
         page.wait_for_selector("#message:not([hidden])", timeout=15_000)
         text = page.inner_text("#message")
-        assert "401" in text and "token invalid" in text, text
+        assert "401" in text and "token malformed" in text, text
         assert page.is_visible("#signin")
     finally:
         page.close()
