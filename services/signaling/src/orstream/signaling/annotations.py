@@ -45,6 +45,7 @@ from orstream.common.policy import RoleGrant
 from orstream.common.runner import cancel_and_wait
 from orstream.common.subjects import TOKEN_PATTERN, annotation
 from orstream.common.telemetry import Counters
+from orstream.signaling.channels import send_text
 
 log = logging.getLogger(__name__)
 
@@ -352,11 +353,4 @@ class RoomAnnotations:
             self._send(channel, text)
 
     def _send(self, channel: Any, message: str) -> None:
-        if channel.readyState != "open":
-            return
-        try:
-            channel.send(message)
-            self.counters.add("annotations_sent")
-        except Exception as exc:  # a peer that vanished mid-send loses only its own message
-            self.counters.add("annotations_send_errors")
-            log.debug("annotations to a closing channel: %s", exc)
+        send_text(channel, message, self.counters, "annotations_sent", "annotations_send_errors")

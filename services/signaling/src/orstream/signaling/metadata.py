@@ -20,6 +20,7 @@ from orstream.common.bus import Bus
 from orstream.common.messages import MessageError, RoleMeta
 from orstream.common.subjects import meta_role
 from orstream.common.telemetry import Counters
+from orstream.signaling.channels import send_text
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,4 @@ class RoleMetadata:
             self._send(channel, message)
 
     def _send(self, channel: Any, message: str) -> None:
-        if channel.readyState != "open":
-            return
-        try:
-            channel.send(message)
-            self.counters.add("metadata_sent")
-        except Exception as exc:  # a peer that vanished mid-send loses only its own message
-            self.counters.add("metadata_send_errors")
-            log.debug("metadata to a closing channel: %s", exc)
+        send_text(channel, message, self.counters, "metadata_sent", "metadata_send_errors")

@@ -242,7 +242,7 @@ class SessionManager:
         context = self.role_metadata.get(session.role_key)
         session.patient = context.patient if context is not None else ""
         self.counters.add("sessions_opened")
-        self._audit_start(session)
+        self._audit_session(session)
         log.info(
             "session %s: %s (%s) watching %s/%s %s",
             session.id[:8],
@@ -412,7 +412,7 @@ class SessionManager:
         with contextlib.suppress(Exception):
             await session.pc.close()
         self.counters.add("sessions_closed")
-        self._audit_stop(session, reason)
+        self._audit_session(session, stopped=reason)
         log.info("session %s closed: %s", session.id[:8], reason)
         return True
 
@@ -574,40 +574,25 @@ class SessionManager:
         session = self.sessions.get(session_id)
         return session.client if session is not None else ""
 
-    def _audit_start(self, session: PeerSession) -> None:
+    def _audit_session(self, session: PeerSession, stopped: str | None = None) -> None:
+        """Audit a session's start, or its stop with the reason ``stopped``."""
         if self.audit is None:
             return
-        self.audit.record(
-            session_started(
-                site=session.site,
-                source_id=self.settings.edge_id,
-                user=session.identity.subject,
-                role=session.identity.role,
-                room=session.room,
-                streams=session.streams,
-                session_id=session.id,
-                patient_pseudonym=session.patient or None,
-                client_address=session.client,
-            )
-        )
-
-    def _audit_stop(self, session: PeerSession, reason: str) -> None:
-        if self.audit is None:
-            return
-        self.audit.record(
-            session_stopped(
-                site=session.site,
-                source_id=self.settings.edge_id,
-                user=session.identity.subject,
-                role=session.identity.role,
-                room=session.room,
-                streams=session.streams,
-                session_id=session.id,
-                patient_pseudonym=session.patient or None,
-                client_address=session.client,
-                reason=reason,
-            )
-        )
+        fields: dict[str, Any] = {
+            "site": session.site,
+            "source_id": self.settings.edge_id,
+            "user": session.identity.subject,
+            "role": session.identity.role,
+            "room": session.room,
+            "streams": session.streams,
+            "session_id": session.id,
+            "patient_pseudonym": session.patient or None,
+            "client_address": session.client,
+        }
+        if stopped is None:
+            self.audit.record(session_started(**fields))
+        else:
+            self.audit.record(session_stopped(**fields, reason=stopped))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -26,6 +26,7 @@ from msgspec import Meta
 
 from orstream.common.runner import cancel_and_wait
 from orstream.common.telemetry import Counters
+from orstream.signaling.channels import send_text
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +171,5 @@ class SessionStats:
             return None
 
     def _send(self, message: str, counter: str) -> None:
-        if self.channel.readyState != "open":
-            return
-        try:
-            self.channel.send(message)
-            self.counters.add(counter)
-        except Exception as exc:  # the channel closed under us: the loop ends on its own
-            self.counters.add("stats_send_errors")
-            log.debug("stats to a closing channel: %s", exc)
+        # A channel closed under us: the loop ends on its own.
+        send_text(self.channel, message, self.counters, counter, "stats_send_errors")
