@@ -1,22 +1,13 @@
 // Minimal viewer: sign in with a token, play one stream over WHEP, show latency from the
 // timecode burned into the picture (see orstream.common.timecode for its layout).
 import { readTimecode } from "./timecode.js";
+import { signIn, askForToken, forgetToken } from "./signin.js";
 
 const $ = (id) => document.getElementById(id);
 const ROLE_BADGES = {
   surgeon: ["Identified", "identified"], expert: ["Identified", "identified"],
   student: ["De-identified", "deidentified"], ops: ["Technical", "technical"],
 };
-
-function tokenFromLocation() {
-  const params = new URLSearchParams(location.hash.slice(1));
-  const token = params.get("token");
-  if (token) {
-    sessionStorage.setItem("orstream.token", token);
-    history.replaceState(null, "", location.pathname + location.search);  // keep it out of history
-  }
-  return token || sessionStorage.getItem("orstream.token");
-}
 
 function showMessage(text) {
   $("message").textContent = text;
@@ -72,10 +63,13 @@ function measure(video) {
   const canvas = document.createElement("canvas");
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   let frames = 0, since = performance.now();
-  const onFrame = () => {
+  const onFrame = (now, metadata) => {
     if (video.videoWidth) {
       const tc = readTimecode(video, canvas, ctx);
       if (tc) {
+        // Glass to glass: capture time → when the compositor is expected to show this frame.
+        const shownMs = performance.timeOrigin + metadata.expectedDisplayTime;
+        globalThis.orstreamSamples?.push({ stream: video.dataset.stream || "", seq: tc.seq, glassToGlassMs: shownMs - tc.captureMs });
         $("latency").textContent = Math.max(0, Date.now() - tc.captureMs).toFixed(0);
         $("frame").textContent = tc.seq;
         document.body.dataset.lastSeq = tc.seq;
@@ -92,12 +86,12 @@ function measure(video) {
   video.requestVideoFrameCallback(onFrame);
 }
 
-async function start(token) {
-  const config = await (await fetch("config.json")).json();
+async function start(config, token) {
   const response = await api(config, token, "/api/v1/streams");
   if (!response.ok) {
     showMessage(`Sign-in refused (${response.status}): ${(await response.text()).trim()}`);
-    $("signin").hidden = false;
+    forgetToken();
+    start(config, await askForToken(config));
     return;
   }
   const { role, streams } = await response.json();
@@ -119,15 +113,5 @@ async function start(token) {
   }
 }
 
-$("signin").addEventListener("submit", (event) => {
-  event.preventDefault();
-  const token = $("token").value.trim();
-  if (!token) return;
-  sessionStorage.setItem("orstream.token", token);
-  $("signin").hidden = true;
-  $("message").hidden = true;
-  start(token);
-});
-
-const token = tokenFromLocation();
-if (token) start(token); else $("signin").hidden = false;
+const config = await (await fetch("config.json")).json();
+start(config, await signIn(config));

@@ -40,5 +40,5 @@ export function readTimecode(video, canvas, ctx) {
   const view = new DataView(bytes.buffer);
   const seq = view.getUint32(0);
   const captureNs = view.getBigUint64(4);
-  return { seq, captureMs: Number(captureNs / 1000000n) };
+  return { seq, captureMs: Number(captureNs / 1000n) / 1000 };
 }
