@@ -9,6 +9,8 @@ from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -16,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 from orstream.common.health import HttpServer, health_routes
 from orstream.common.runner import ServiceContext
+from orstream.viewer.dictionary import dictionary
 from orstream.viewer.settings import ViewerSettings
 
 
@@ -44,11 +47,13 @@ class ViewerService:
 
         static = str(resources.files("orstream.viewer") / "static")
         return Starlette(
+            middleware=[Middleware(GZipMiddleware, minimum_size=2048)],
             routes=[
                 Route("/config.json", config),
+                Route("/dicom-dictionary.json", dictionary),
                 *health_routes(self.ready, self.stats),
                 Mount("/", StaticFiles(directory=static, html=True)),
-            ]
+            ],
         )
 
     async def start(self, ctx: ServiceContext) -> None:
