@@ -18,7 +18,7 @@ from starlette.responses import Response
 @cache
 def dictionary_json() -> bytes:
     """``{"00100010": "Patient's Name", …}`` for every current (not retired) attribute."""
-    entries: dict[int, tuple[str, ...]] = datadict.DicomDictionary  # type: ignore[attr-defined]
+    entries: dict[int, tuple[str, str, str, str, str]] = datadict.DicomDictionary  # type: ignore[attr-defined]
     names = {f"{tag:08X}": entry[2] for tag, entry in entries.items() if not entry[3]}
     return json.dumps(names, separators=(",", ":"), sort_keys=True).encode()
 
