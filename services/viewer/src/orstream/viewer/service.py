@@ -1,4 +1,5 @@
-"""Serves the browser app: static files plus ``/config.json`` telling it where the edge is.
+"""Serves the browser app: static files plus ``/config.json`` telling it where the edge is and
+where its users sign in (the OpenID provider, or none).
 
 No CDN, no external fonts: hospital networks are closed, so everything the page needs is here.
 """
@@ -41,6 +42,7 @@ class ViewerService:
                     "site": settings.site,
                     "room": settings.room,
                     "stream": settings.stream,
+                    "oidc": settings.browser_oidc(),
                 },
                 headers={"Cache-Control": "no-store"},
             )
