@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import numpy as np
+import pydicom
 import pytest
 
-from orstream.common import timecode
+from orstream.common import samples, timecode
+from orstream.ingest.source import Context, RawFrame
 from orstream.ingest.sources import SourceError, open_source
 from orstream.ingest.testpattern import TestPattern
 
@@ -50,6 +53,7 @@ def test_url_options_are_parsed() -> None:
         ("testpattern:?size=100x100", "width a multiple of 16"),
         ("testpattern:?fps=1000", "out of 1..120"),
         ("testpattern:?size=abc", "testpattern"),
+        ("testpattern:?context=real", "'demo' or 'none'"),
     ],
 )
 def test_bad_source_urls_are_refused_with_a_reason(url: str, reason: str) -> None:
@@ -69,3 +73,24 @@ async def test_frames_are_paced_with_consecutive_seqs() -> None:
 
     await asyncio.wait_for(take(), 5)
     assert seqs == list(range(5))
+
+
+async def test_demo_context_goes_with_the_frames_once_a_second() -> None:
+    pattern = open_source("testpattern:?size=320x180&fps=10&context=demo")
+    assert "demo context" in pattern.description
+    events: list[object] = []
+
+    async def take() -> None:
+        async for event in pattern.frames(None):  # type: ignore[arg-type]
+            events.append(event)
+            if sum(isinstance(e, RawFrame) for e in events) == 12:
+                return
+
+    await asyncio.wait_for(take(), 5)
+    contexts = [e for e in events if isinstance(e, Context)]
+    assert [c.seq for c in contexts] == [0, 10], "one dataset per second of video (10 fps)"
+    ds = pydicom.dcmread(io.BytesIO(contexts[1].part10))
+    assert ds.PatientName == samples.PATIENT_NAME
+    assert ds.StudyInstanceUID == contexts[1].study_uid and contexts[1].modality == "ES"
+    plain = open_source("testpattern:?size=320x180&fps=10")
+    assert not getattr(plain, "demo_context", True)

@@ -3,8 +3,11 @@
 The picture is built once (smooth reddish tissue, a branching vessel network, specular
 highlights), larger than the frame; each frame is a window panned along a Lissajous path, masked
 to the endoscope's circle, with the frame's seq and capture time burned into the top-left corner
-(:mod:`orstream.common.timecode`). Realistic enough that the encoder works as hard as on real
-video (unlike noise or flat colour), cheap enough to generate at 50 fps in a few milliseconds.
+(:mod:`orstream.common.timecode`). With ``context=demo`` it also sends the fictitious patient
+and procedure of :mod:`orstream.common.samples` as a DICOM-RTV grain once a second, so a demo
+(and the viewer's tests) show patient context per role. Realistic enough that the encoder
+works as hard as on real video (unlike noise or flat colour), cheap enough to generate at 50 fps
+in a few milliseconds.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from urllib.parse import parse_qs
 import numpy as np
 import numpy.typing as npt
 
-from orstream.common import timecode
+from orstream.common import samples, timecode
 from orstream.common.shm import RingWriter
-from orstream.ingest.source import RawFrame, SourceEvent, VideoFormat
+from orstream.ingest.source import Context, RawFrame, SourceEvent, VideoFormat
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ PAN_FRACTION = 0.12
 PAN_PERIOD_X_S = 7.0
 PAN_PERIOD_Y_S = 4.6
 SEED = 20261121
+#: How often the demo context is sent (a real RTV metadata flow sends one grain per frame).
+CONTEXT_INTERVAL_S = 1.0
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -71,7 +76,7 @@ def _tissue(width: int, height: int) -> tuple[U8, U8, U8]:
 
 
 class TestPattern:
-    """``testpattern:[?size=WxH&fps=F&timecode=0|1]`` — the default source."""
+    """``testpattern:[?size=WxH&fps=F&timecode=0|1&context=demo]`` — the default source."""
 
     __test__ = False  # not a pytest test class
 
@@ -81,6 +86,7 @@ class TestPattern:
         height: int = DEFAULT_HEIGHT,
         fps: float = DEFAULT_FPS,
         burn_timecode: bool = True,
+        demo_context: bool = False,
     ) -> None:
         if width % 16 or height % 2 or width < 320 or height < 180:
             raise ValueError(
@@ -90,8 +96,10 @@ class TestPattern:
             raise ValueError(f"test pattern fps {fps} out of 1..120")
         self.format = VideoFormat(width, height, fps, "yuv420p")
         self.burn_timecode = burn_timecode
+        self.demo_context = demo_context
         self.description = (
             f"testpattern {width}x{height}@{fps:g}{'' if burn_timecode else ' (no timecode)'}"
+            f"{' with demo context' if demo_context else ''}"
         )
         self._pan_x = int(width * PAN_FRACTION) // 2 * 2
         self._pan_y = int(height * PAN_FRACTION) // 2 * 2
@@ -105,7 +113,7 @@ class TestPattern:
 
     @classmethod
     def from_url(cls, url: str) -> TestPattern:
-        """Parse ``testpattern:?size=1280x720&fps=50&timecode=1``."""
+        """Parse ``testpattern:?size=1280x720&fps=50&timecode=1&context=demo``."""
         _, _, query = url.partition(":")
         params = parse_qs(query.lstrip("?"))
         width, height, fps = DEFAULT_WIDTH, DEFAULT_HEIGHT, DEFAULT_FPS
@@ -115,7 +123,10 @@ class TestPattern:
         if "fps" in params:
             fps = float(params["fps"][0])
         burn = params.get("timecode", ["1"])[0].lower() not in ("0", "false", "no", "off")
-        return cls(width, height, fps, burn)
+        context = params.get("context", ["none"])[0]
+        if context not in ("none", "demo"):
+            raise ValueError(f"test pattern context {context!r}: 'demo' or 'none'")
+        return cls(width, height, fps, burn, context == "demo")
 
     def render(self, seq: int, capture_ns: int, out: memoryview) -> int:
         """Draw frame ``seq`` as I420 into ``out``; returns the bytes written."""
@@ -144,6 +155,7 @@ class TestPattern:
     async def frames(self, ring: RingWriter) -> AsyncGenerator[SourceEvent, None]:
         """Frames paced by the monotonic clock; if the consumer falls behind, skip ahead."""
         period_ns = int(1e9 / self.format.fps)
+        context_every = max(1, round(CONTEXT_INTERVAL_S * self.format.fps))
         start = time.monotonic_ns()
         seq = 0
         while True:
@@ -158,4 +170,18 @@ class TestPattern:
                 log.debug("test pattern fell %d frames behind; skipping ahead", behind)
             capture_ns = time.time_ns()
             yield RawFrame(seq, capture_ns, functools.partial(self.render, seq, capture_ns))
+            if self.demo_context and seq % context_every == 0:
+                yield self.context(seq, capture_ns)
             seq += 1
+
+    def context(self, seq: int, capture_ns: int) -> Context:
+        """The demo patient's context for frame ``seq`` (every value invented)."""
+        ds = samples.or_context(seq)
+        return Context(
+            part10=samples.rtv_grain(seq),
+            capture_ns=capture_ns,
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            modality=str(ds.Modality),
+            seq=seq,
+        )

@@ -79,7 +79,8 @@ def stream_specs(sources: Sequence[str], first_stream: str, count: int = 0) -> l
     ``stream2``, ``stream3``… (names must be unique and valid subject tokens). Test patterns
     make up the rest when ``count`` asks for more streams than sources were given."""
     specs: list[StreamSpec] = []
-    sources = list(sources or ["testpattern:"])
+    # The demo's first test pattern carries the fictitious patient's context (see TestPattern).
+    sources = list(sources or ["testpattern:?context=demo"])
     sources += ["testpattern:"] * (count - len(sources))
     for i, arg in enumerate(sources):
         name, sep, url = arg.partition("=")
