@@ -9,6 +9,7 @@
     orstream bench ingest [--source URL] [--seconds S] --json PATH
     orstream bench encoder [--seconds S] --json PATH
     orstream bench fanout [--peers N] [--baseline-peers K] [--seconds S] --json PATH
+    orstream bench browser --seconds S [--resolution WxH] [--fps F] --json PATH
 """
 
 from __future__ import annotations
@@ -204,6 +205,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from orstream.bench import fanout
 
         return fanout.main(args)
+    if args.scenario == "browser":
+        from orstream.bench import browser
+
+        return browser.main(args)
     return 2
 
 
@@ -296,6 +301,15 @@ def parser() -> argparse.ArgumentParser:
     )
     fan.add_argument("--profile", default=None, metavar="PATH", help="cProfile the edge to PATH")
     fan.add_argument("--json", required=True, dest="json_path")
+    bro = scenarios.add_parser(
+        "browser",
+        help="glass-to-glass latency in Debian's Chromium (Playwright), from the timecode",
+    )
+    bro.add_argument("--seconds", type=float, required=True, help="measured window")
+    bro.add_argument("--warmup", type=float, default=3.0)
+    bro.add_argument("--resolution", default="1280x720")
+    bro.add_argument("--fps", type=float, default=50.0)
+    bro.add_argument("--json", required=True, dest="json_path")
     bench.set_defaults(func=cmd_bench)
 
     deid = sub.add_parser(
