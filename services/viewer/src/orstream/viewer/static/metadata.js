@@ -7,13 +7,18 @@
 // value. An attribute a de-identified view emptied, or filled with the engine's dummy value
 // (ANONYMOUS, 19000101, 000000, ...), gets no row: no placeholder hints at what was there.
 //
-// Values come from patient records: they reach the DOM through textContent only.
+// Values come from patient records: they reach the DOM through textContent only. Formats: names
+// "Family, Given Middle", dates 2026-11-21, times 08:15:02, ages "62 years", sex in words, sizes
+// with their units; several values joined by ", " (names by "; "); a sequence as its Code
+// Meanings or its count of items, except the Current Frame Functional Groups, whose Frame
+// Content is shown row by row under Stream; InlineBinary and BulkDataURI never.
 //
 // API:
 //   new MetadataPanel(element, dictionary)  element: an empty container (e.g. <aside>);
 //                                           dictionary: {"00100010": "Patient's Name", ...}
 //                                           (/dicom-dictionary.json; {} falls back to tags)
 //   panel.show(message)   the message (parsed, or its JSON text); true when it changed anything
+//                         (drawn at once, or within a quarter of a second)
 //   panel.clear()         forget every context and empty the container
 //   describe(dataset, dictionary) → [{id, title, collapsed, rows: [{key, label, value}]}]
 //
@@ -23,7 +28,8 @@
 // change are updated in place, so an opened <details> stays open.
 //
 // Markup and class names (the styling lives in the app's stylesheet):
-//   article.md-card                 one context; data-source, data-stream attributes
+//   article.md-card                 one context; data-source, data-stream attributes; hidden
+//                                   while its view has nothing to show
 //     p.md-caption                  what this is:
 //       span.md-view                  the role's view, also .md-view-identified,
 //                                     .md-view-deidentified, .md-view-technical or .md-view-other
@@ -79,7 +85,8 @@ const YES_NO = { "00": "No", "01": "Yes" };
 const PATIENT = [
   ["00100010", "Name"], ["00100020", "ID"], ["00100021", "ID issuer"],
   ["00100030", "Birth date"], ["00100040", "Sex"], ["00101010", "Age"],
-  ["00101020", "Height"], ["00101030", "Weight"],
+  ["00101020", "Height"], ["00101030", "Weight"], ["00102000", "Medical alerts"],
+  ["00102110", "Allergies"], ["001021B0", "History"], ["00104000", "Comments"],
 ];
 const PROCEDURE = [
   ["00081030", "Study"], ["00321060", "Requested procedure"],
@@ -214,6 +221,11 @@ function formatOne(tag, vr, raw) {
   return unit ? `${raw} ${unit}` : raw;
 }
 
+/** Multiple values joined by ", "; names by "; " (a formatted name holds a comma itself). */
+function join(element, values) {
+  return values.join(element.vr === "PN" ? "; " : ", ");
+}
+
 function isObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
@@ -283,7 +295,7 @@ export function describe(dataset, dictionary) {
   const value = (tag) => {
     used.add(tag);
     const element = attrs.get(tag);
-    return element ? texts(tag, element, hidden).join(", ") : "";
+    return element ? join(element, texts(tag, element, hidden)) : "";
   };
   const rowsOf = (spec) => {
     const rows = [];
@@ -345,11 +357,11 @@ function streamRows(attrs, dict, hidden, used, value) {
     if (key === FRAME_CONTENT && element.vr === "SQ") {
       const [content] = items(element);
       for (const [tag, inner] of attributes(content)) {
-        const text = texts(tag, inner, hidden).join(", ");
+        const text = join(inner, texts(tag, inner, hidden));
         if (text) rows.push({ key: `${path}.${tag}`, label: own(FRAME_CONTENT_LABELS, tag) ?? nameOf(tag, dict), value: text });
       }
     } else if (element.vr !== "UI") {
-      const text = texts(key, element, hidden).join(", ");
+      const text = join(element, texts(key, element, hidden));
       if (text) rows.push({ key: path, label: nameOf(key, dict), value: text });
     }
   }
