@@ -26,7 +26,7 @@ async def test_serves_the_app_and_tells_it_where_the_edge_is() -> None:
             "stream": "cam2",
             "oidc": None,
         }
-        for asset in ("app.js", "signin.js", "timecode.js", "style.css"):
+        for asset in ("app.js", "signin.js", "oidc.js", "timecode.js", "style.css"):
             response = await client.get(f"/{asset}")
             assert response.status_code == 200
             assert "https://" not in response.text
