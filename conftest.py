@@ -895,3 +895,20 @@ def idp(signing_keys: dict[str, SigningKey]) -> Iterator[Idp]:
     provider.serve(*signing_keys.values())
     yield provider
     provider.stop()
+
+
+@pytest.fixture(scope="session")
+def idp_factory(signing_keys: dict[str, SigningKey]) -> Iterator[Callable[[], Idp]]:
+    """``idp_factory()``: a provider like ``idp`` for wider-scoped fixtures (a module's stack);
+    every one is stopped when the session ends."""
+    providers: list[Idp] = []
+
+    def start() -> Idp:
+        provider = Idp()
+        provider.serve(*signing_keys.values())
+        providers.append(provider)
+        return provider
+
+    yield start
+    for provider in providers:
+        provider.stop()
