@@ -451,3 +451,21 @@ def test_a_message_as_an_object_and_malformed_ones(page: Any, views: ViewSet) ->
     for bad in ("not json", "{}", '{"type": "stats", "dataset": {}}', '{"dataset": [1]}'):
         assert not show(page, bad), bad
     assert page.locator("#panel .md-card").count() == 1
+
+
+def test_a_context_with_nothing_to_show_and_many_streams(page: Any, views: ViewSet) -> None:
+    view, payload = role_datasets(views, or_context())["ops"]
+    empty = {"00100010": {"vr": "PN"}, "00100020": {"vr": "LO", "Value": [""]}}
+    assert show(page, message(view, json.dumps(empty).encode(), stream="blank"))
+    assert page.locator("#panel .md-card[data-stream='blank']").is_hidden()
+    assert page.evaluate(VISIBLE_TEXT).strip() == ""
+    for n in range(20):
+        page.evaluate("m => window.md.panel.show(m)", message(view, payload, stream=f"cam{n}"))
+    # Drawn together, within a quarter of a second of the first.
+    page.wait_for_function(
+        "document.querySelectorAll('#panel .md-card').length === 16", timeout=2_000
+    )
+    streams = page.evaluate(
+        "[...document.querySelectorAll('#panel .md-card')].map(c => c.dataset.stream)"
+    )
+    assert streams == [f"cam{n}" for n in range(19, 3, -1)], "the 16 newest contexts"

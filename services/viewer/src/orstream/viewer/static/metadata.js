@@ -59,7 +59,9 @@ const DUMMIES = { DA: "19000101", DT: "19000101000000", TM: "000000", AS: "000Y"
 const TEXT_VRS = new Set(["AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"]);
 
 const SEX = { F: "Female", M: "Male", O: "Other" };
-const AGE_UNITS = { Y: ["year", "years"], M: ["month", "months"], W: ["week", "weeks"], D: ["day", "days"] };
+const AGE_UNITS = {
+  Y: ["year", "years"], M: ["month", "months"], W: ["week", "weeks"], D: ["day", "days"],
+};
 const MODALITIES = {
   ES: "Endoscopy", XC: "External-camera photography", GM: "General microscopy",
   SM: "Slide microscopy", US: "Ultrasound", XA: "X-ray angiography", RF: "Radiofluoroscopy",
@@ -240,7 +242,8 @@ function items(element) {
 function codeMeanings(element, hidden) {
   const found = [];
   for (const item of items(element)) {
-    const meaning = isObject(item[CODE_MEANING]) ? texts(CODE_MEANING, item[CODE_MEANING], hidden) : [];
+    const code = item[CODE_MEANING];
+    const meaning = isObject(code) ? texts(CODE_MEANING, code, hidden) : [];
     if (!meaning.length) return [];
     found.push(...meaning);
   }
@@ -324,8 +327,10 @@ export function describe(dataset, dictionary) {
   const procedure = rowsOf(PROCEDURE);
   const equipment = rowsOf(EQUIPMENT);
   const institution = rowsOf(INSTITUTION);
-  const stream = streamRows(attrs, dict, hidden, used, value);
-  const identifiers = rest([], (tag) => isUid(tag) || IDENTIFIER_TAGS.has(tag) || tag.startsWith("0012"));
+  const stream = streamRows(attrs, dict, hidden, used, value, rowsOf);
+  const identifiers = rest(
+    [], (tag) => isUid(tag) || IDENTIFIER_TAGS.has(tag) || tag.startsWith("0012"),
+  );
   const other = rest([], () => true);
 
   const sections = [
@@ -340,12 +345,16 @@ export function describe(dataset, dictionary) {
   return sections.filter((section) => section.rows.length > 0);
 }
 
-function streamRows(attrs, dict, hidden, used, value) {
+function streamRows(attrs, dict, hidden, used, value, rowsOf) {
   const rows = [];
   const columns = value("00280011"), lines = value("00280010");
-  if (columns && lines) rows.push({ key: "00280011+00280010", label: "Picture size", value: `${columns} × ${lines}` });
-  else if (columns) rows.push({ key: "00280011", label: "Columns", value: columns });
-  else if (lines) rows.push({ key: "00280010", label: "Rows", value: lines });
+  if (columns && lines) {
+    rows.push({ key: "00280011+00280010", label: "Picture size", value: `${columns} × ${lines}` });
+  } else if (columns) {
+    rows.push({ key: "00280011", label: "Columns", value: columns });
+  } else if (lines) {
+    rows.push({ key: "00280010", label: "Rows", value: lines });
+  }
 
   // The Current Frame Functional Groups: the Frame Content's attributes as rows of their own,
   // any other functional group in it by name (a sequence as its count).
@@ -358,7 +367,8 @@ function streamRows(attrs, dict, hidden, used, value) {
       const [content] = items(element);
       for (const [tag, inner] of attributes(content)) {
         const text = join(inner, texts(tag, inner, hidden));
-        if (text) rows.push({ key: `${path}.${tag}`, label: own(FRAME_CONTENT_LABELS, tag) ?? nameOf(tag, dict), value: text });
+        const label = own(FRAME_CONTENT_LABELS, tag) ?? nameOf(tag, dict);
+        if (text) rows.push({ key: `${path}.${tag}`, label, value: text });
       }
     } else if (element.vr !== "UI") {
       const text = join(element, texts(key, element, hidden));
@@ -370,16 +380,7 @@ function streamRows(attrs, dict, hidden, used, value) {
   const sopClass = attrs.get(SOP_CLASS_UID);
   const sopClassNamed = !!sopClass && Array.isArray(sopClass.Value) && sopClass.Value.length > 0
     && sopClass.Value.every((uid) => typeof uid === "string" && own(SOP_CLASSES, uid.trim()));
-  for (const [tags, label] of STREAM) {
-    if (tags === SOP_CLASS_UID && !sopClassNamed) continue;
-    if (Array.isArray(tags)) {
-      const text = tags.map(value).filter(Boolean).join(" ");
-      if (text) rows.push({ key: tags.join("+"), label, value: text });
-    } else {
-      const text = value(tags);
-      if (text) rows.push({ key: tags, label, value: text });
-    }
-  }
+  rows.push(...rowsOf(STREAM.filter(([tags]) => tags !== SOP_CLASS_UID || sopClassNamed)));
   return rows;
 }
 
@@ -408,13 +409,16 @@ function rowElement(row, cells) {
 }
 
 export class MetadataPanel {
+  #element;
+  #dictionary;
+  #contexts = new Map(); // "source\0stream" → its newest dataset and its card
+  #arrivals = 0;
+  #lastRender = -Infinity;
+  #timer = null;
+
   constructor(element, dictionary) {
-    this.element = element;
-    this.dictionary = isObject(dictionary) ? dictionary : {};
-    this.contexts = new Map();
-    this.arrivals = 0;
-    this.lastRender = -Infinity;
-    this.timer = null;
+    this.#element = element;
+    this.#dictionary = isObject(dictionary) ? dictionary : {};
   }
 
   /** Takes one metadata message; true when it changed a context (drawn now or shortly). */
@@ -423,80 +427,82 @@ export class MetadataPanel {
     if (typeof msg === "string") {
       try { msg = JSON.parse(msg); } catch { return false; }
     }
-    if (!isObject(msg) || (msg.type !== undefined && msg.type !== "metadata") || !isObject(msg.dataset)) {
-      return false;
-    }
+    if (!isObject(msg) || !isObject(msg.dataset)) return false;
+    if (msg.type !== undefined && msg.type !== "metadata") return false;
     const source = typeof msg.source === "string" ? msg.source : "";
     const stream = typeof msg.stream === "string" ? msg.stream : "";
     const view = typeof msg.view === "string" ? msg.view : "";
     const json = JSON.stringify(msg.dataset);
     const key = `${source}\u0000${stream}`;
-    let context = this.contexts.get(key);
+    let context = this.#contexts.get(key);
     if (context && context.json === json && context.view === view) return false;
     if (!context) {
       context = { source, stream, card: null, signature: "", cells: new Map() };
-      this.contexts.set(key, context);
-      this.evict();
+      this.#contexts.set(key, context);
     }
-    Object.assign(context, { view, json, dataset: msg.dataset, dirty: true, seen: ++this.arrivals });
-    this.schedule();
+    this.#arrivals += 1;
+    Object.assign(context, { view, json, dataset: msg.dataset, dirty: true, seen: this.#arrivals });
+    this.#evict();
+    this.#schedule();
     return true;
   }
 
   /** Forgets every context and empties the container. */
   clear() {
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
-    this.contexts.clear();
-    this.lastRender = -Infinity;
-    this.element.replaceChildren();
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#contexts.clear();
+    this.#lastRender = -Infinity;
+    this.#element.replaceChildren();
   }
 
-  evict() {
-    while (this.contexts.size > MAX_CONTEXTS) {
+  /** Drops the least recently updated contexts beyond MAX_CONTEXTS. */
+  #evict() {
+    while (this.#contexts.size > MAX_CONTEXTS) {
       let oldest = null;
-      for (const [key, context] of this.contexts) {
-        if (oldest === null || context.seen < this.contexts.get(oldest).seen) oldest = key;
+      for (const [key, context] of this.#contexts) {
+        if (oldest === null || context.seen < this.#contexts.get(oldest).seen) oldest = key;
       }
-      this.contexts.get(oldest).card?.remove();
-      this.contexts.delete(oldest);
+      this.#contexts.get(oldest).card?.remove();
+      this.#contexts.delete(oldest);
     }
   }
 
-  schedule() {
-    if (this.timer !== null) return;
-    const wait = this.lastRender + MIN_INTERVAL_MS - performance.now();
+  /** Renders now if the last render is old enough, else once when it is. */
+  #schedule() {
+    if (this.#timer !== null) return;
+    const wait = this.#lastRender + MIN_INTERVAL_MS - performance.now();
     if (wait <= 0) {
-      this.render();
+      this.#render();
     } else {
-      this.timer = setTimeout(() => {
-        this.timer = null;
-        this.render();
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.#render();
       }, wait);
     }
   }
 
-  render() {
-    this.lastRender = performance.now();
-    for (const context of this.contexts.values()) {
+  #render() {
+    this.#lastRender = performance.now();
+    for (const context of this.#contexts.values()) {
       if (!context.dirty) continue;
       context.dirty = false;
-      this.draw(context, describe(context.dataset, this.dictionary));
+      this.#draw(context, describe(context.dataset, this.#dictionary));
     }
   }
 
-  draw(context, sections) {
+  #draw(context, sections) {
     if (!context.card) {
       context.card = element("article", "md-card");
       context.card.dataset.source = context.source;
       context.card.dataset.stream = context.stream;
-      this.element.prepend(context.card); // the newest context on top
+      this.#element.prepend(context.card); // the newest context on top
     }
     const card = context.card;
     card.hidden = sections.length === 0;
-    const signature = [context.view, ...sections.map(
-      (section) => `${section.id}:${section.rows.map((row) => `${row.key}=${row.label}`).join("\u0001")}`,
-    )].join("\u0002");
+    // The same sections with the same rows: only values changed, update them in place.
+    const shape = (section) => section.rows.map((row) => `${row.key}=${row.label}`).join("\u0001");
+    const signature = [context.view, ...sections.map((s) => `${s.id}:${shape(s)}`)].join("\u0002");
     if (signature === context.signature) {
       for (const section of sections) {
         for (const row of section.rows) {
@@ -511,7 +517,8 @@ export class MetadataPanel {
     const [viewText, viewKind] = viewCaption(context.view);
     const caption = element("p", "md-caption");
     if (viewText) caption.append(element("span", `md-view md-view-${viewKind}`, viewText), " ");
-    const origin = [context.stream || "room", own(SOURCES, context.source) ?? context.source].filter(Boolean);
+    const source = own(SOURCES, context.source) ?? context.source;
+    const origin = [context.stream || "room", source].filter(Boolean);
     caption.append(element("span", "md-origin", origin.join(" · ")));
     const children = [caption];
     for (const section of sections) {
