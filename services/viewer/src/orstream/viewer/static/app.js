@@ -1,117 +1,319 @@
-// Minimal viewer: sign in with a token, play one stream over WHEP, show latency from the
-// timecode burned into the picture (see orstream.common.timecode for its layout).
-import { readTimecode } from "./timecode.js";
-import { signIn, askForToken, forgetToken } from "./signin.js";
+// The orstream viewer: sign in, pick a room, watch every stream of it the role may see, with
+// the role's patient context, live quality, telestration and chat.
+//
+// Address parameters (bookmarkable, e.g. for the OR wall display):
+//   ?room=<site>/<room>   open that room        ?layout=single|grid|main
+//   ?stream=<name>        make it the main one  ?kiosk=1  wall display: video and context only
+import { ApiError, EdgeApi } from "./api.js";
+import { Chat } from "./chat.js";
+import { LAYOUTS, Stage, Tile } from "./layout.js";
+import { MetadataPanel } from "./metadata.js";
+import { Quality, sessionReceipt } from "./quality.js";
+import { RoomSession } from "./session.js";
+import { askForToken, forgetToken, signIn } from "./signin.js";
+import { Telestration } from "./telestration.js";
 
 const $ = (id) => document.getElementById(id);
-const ROLE_BADGES = {
-  surgeon: ["Identified", "identified"], expert: ["Identified", "identified"],
-  student: ["De-identified", "deidentified"], ops: ["Technical", "technical"],
+const params = new URLSearchParams(location.search);
+const BADGES = {
+  identified: ["Identified", "identified", "You see the patient's identity"],
+  technical: ["Technical", "technical", "You see device and stream data only, nothing about the patient"],
 };
+const deidentifiedBadge = (view) => ["De-identified", "deidentified", `Patient data de-identified (${view})`];
+const RECEIPT_INTERVAL_MS = 1000;
 
 function showMessage(text) {
   $("message").textContent = text;
-  $("message").hidden = false;
+  $("message").hidden = !text;
 }
 
-function setState(text) { $("state").textContent = text; }
-
-async function api(config, token, path, init = {}) {
-  const response = await fetch(config.edgeUrl + path, {
-    ...init, headers: { ...(init.headers || {}), Authorization: `Bearer ${token}` },
-  });
-  return response;
+function setState(state, text = state) {
+  $("state").dataset.state = state;
+  $("state").textContent = text;
 }
 
-async function waitForIce(pc, timeoutMs) {
-  if (pc.iceGatheringState === "complete") return;
-  await new Promise((resolve) => {
-    const timer = setTimeout(resolve, timeoutMs);
-    pc.addEventListener("icegatheringstatechange", () => {
-      if (pc.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
-    });
-  });
+function showIdentity(listing) {
+  const view = listing.rights?.metadata || "";
+  const [label, cls, title] = BADGES[view] || deidentifiedBadge(view);
+  const badge = $("role");
+  badge.textContent = label;
+  badge.className = `badge ${cls}`;
+  badge.title = `${title}. Role: ${listing.role}`;
+  badge.dataset.role = listing.role;
+  $("user").textContent = `${listing.subject} · ${listing.role}`;
+  $("signout").hidden = false;
 }
 
-async function play(config, token, stream) {
-  const pc = new RTCPeerConnection({ iceServers: [] });
-  const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
-  if ("jitterBufferTarget" in transceiver.receiver) transceiver.receiver.jitterBufferTarget = 0;
-  pc.addEventListener("track", (event) => { $("video").srcObject = event.streams[0] || new MediaStream([event.track]); });
-  pc.addEventListener("connectionstatechange", () => setState(pc.connectionState));
-  await pc.setLocalDescription(await pc.createOffer());
-  await waitForIce(pc, 2000);
-  const response = await api(config, token, stream.whep, {
-    method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
-  });
-  if (response.status !== 201) {
-    pc.close();
-    throw new Error(`${response.status}: ${(await response.text()).trim()}`);
+function roomPath(room) { return `${room.site}/${room.room}`; }
+
+class Viewer {
+  constructor(config, dictionary) {
+    this.config = config;
+    this.dictionary = dictionary;
+    this.api = null;
+    this.listing = null;
+    this.session = null;
+    this.stage = new Stage($("stage"));
+    this.metadata = new MetadataPanel($("metadata"), dictionary);
+    this.telestration = new Telestration(this.stage, (m) => this.session?.send("annotations", m) ?? false);
+    this.chat = new Chat($("chat-log"), $("chat-form"), (m) => this.session?.send("annotations", m) ?? false);
+    this.edgeStats = null;
+    this._receipts = null;
+    this.bindControls();
   }
-  const resource = new URL(response.headers.get("Location"), config.edgeUrl).href;
-  await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
-  addEventListener("pagehide", () => {
-    fetch(resource, { method: "DELETE", keepalive: true, headers: { Authorization: `Bearer ${token}` } });
-  });
-  $("stage").hidden = false;
-  $("stream-name").textContent = `${stream.room} · ${stream.label || stream.stream}`;
-  measure($("video"));
-  return pc;
-}
 
-function measure(video) {
-  const canvas = document.createElement("canvas");
-  const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  let frames = 0, since = performance.now();
-  const onFrame = (now, metadata) => {
-    if (video.videoWidth) {
-      const tc = readTimecode(video, canvas, ctx);
-      if (tc) {
-        // Glass to glass: capture time → when the compositor is expected to show this frame.
-        const shownMs = performance.timeOrigin + metadata.expectedDisplayTime;
-        globalThis.orstreamSamples?.push({ stream: video.dataset.stream || "", seq: tc.seq, glassToGlassMs: shownMs - tc.captureMs });
-        $("latency").textContent = Math.max(0, Date.now() - tc.captureMs).toFixed(0);
-        $("frame").textContent = tc.seq;
-        document.body.dataset.lastSeq = tc.seq;
-      }
-      frames += 1;
-      const now = performance.now();
-      if (now - since > 1000) {
-        $("fps").textContent = `${(frames * 1000 / (now - since)).toFixed(0)} fps`;
-        frames = 0; since = now;
+  async enter(token) {
+    this.api = new EdgeApi(this.config.edgeUrl, token);
+    try {
+      this.listing = await this.api.rooms();
+    } catch (error) {
+      return this.refused(error);
+    }
+    showMessage("");
+    showIdentity(this.listing);
+    this.route();
+  }
+
+  /** The edge refused us or cannot be reached: say why, and what to do. */
+  async refused(error) {
+    if (error instanceof ApiError && error.signInAgain) {
+      showMessage(`Sign-in refused (${error.status}): ${error.reason}`);
+      forgetToken();
+      return this.enter(await askForToken(this.config));
+    }
+    showMessage(`The edge did not answer: ${error.message}. Retrying…`);
+    setTimeout(() => this.enter(this.api.token), 3000);
+  }
+
+  route() {
+    const wanted = params.get("room");
+    const rooms = this.listing.rooms;
+    if (wanted) {
+      const [site, room] = wanted.split("/");
+      // A room not in the listing is forbidden or not live: the edge's answer says which.
+      const entry = rooms.find((r) => roomPath(r) === wanted) || { site, room, whep: `/whep/${site}/${room}`, streams: [] };
+      return this.openRoom(entry);
+    }
+    if (rooms.length === 1) return this.openRoom(rooms[0]);
+    this.showRooms();
+  }
+
+  showRooms() {
+    this.closeRoom();
+    $("room").hidden = true;
+    $("rooms").hidden = false;
+    $("breadcrumb").textContent = "";
+    setState("idle", "choose a room");
+    const list = $("room-list");
+    list.replaceChildren();
+    if (!this.listing.rooms.length) {
+      showMessage("No room you may watch is live right now. This page refreshes by itself.");
+      setTimeout(() => this.enter(this.api.token), 5000);
+      return;
+    }
+    for (const room of this.listing.rooms) {
+      const li = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = `?room=${encodeURIComponent(roomPath(room))}`;
+      const site = Object.assign(document.createElement("span"), { className: "site", textContent: room.site });
+      const name = Object.assign(document.createElement("span"), { className: "name", textContent: room.room });
+      const streams = Object.assign(document.createElement("span"), {
+        className: "streams",
+        textContent: room.streams.map((s) => `${s.label || s.stream}${s.state === "live" ? "" : ` (${s.state})`}`).join(" · "),
+      });
+      a.append(site, name, streams);
+      li.append(a);
+      list.append(li);
+    }
+    list.querySelector("a")?.focus();
+  }
+
+  openRoom(room) {
+    this.closeRoom();
+    this.room = room;
+    $("rooms").hidden = true;
+    $("room").hidden = false;
+    const crumb = $("breadcrumb");
+    crumb.replaceChildren();
+    if (this.listing.rooms.length > 1 && !params.has("kiosk")) {
+      const back = Object.assign(document.createElement("a"), { href: "./", textContent: "Rooms" });
+      crumb.append(back, document.createTextNode(" / "));
+    }
+    crumb.append(document.createTextNode(`${room.site} / ${room.room}`));
+    document.title = `${room.room} · orstream`;
+    const rights = this.listing.rights || {};
+    $("tools").hidden = !rights.annotate;
+    $("chat").hidden = !rights.chat;
+    this.stage.setLayout(params.get("layout") || localStorage.getItem("orstream.layout") || "main");
+    for (const s of room.streams) this.addTile(s.stream, this.label(s));
+    this.session = new RoomSession(this.api, room);
+    this.session.addEventListener("state", (e) => this.onState(e.detail));
+    this.session.addEventListener("streams", (e) => this.onStreams(e.detail.streams));
+    this.session.addEventListener("message", (e) => this.onMessage(e.detail));
+    this.session.addEventListener("denied", (e) => this.onDenied(e.detail.error));
+    this.session.start();
+    this._receipts = setInterval(() => this.report(), RECEIPT_INTERVAL_MS);
+  }
+
+  closeRoom() {
+    clearInterval(this._receipts);
+    this.session?.close();
+    this.session = null;
+    this.stage.clear();
+    this.metadata.clear();
+    $("metadata-none").hidden = false;
+  }
+
+  /** A stream's name on screen: its label, with the stream's name where labels repeat. */
+  label(entry) {
+    if (!entry) return undefined;
+    const same = this.room.streams.filter((s) => (s.label || s.stream) === (entry.label || entry.stream));
+    return same.length > 1 ? `${entry.label} · ${entry.stream}` : entry.label || entry.stream;
+  }
+
+  addTile(stream, label) {
+    const existing = this.stage.tile(stream);
+    if (existing) return existing;
+    const tile = this.stage.add(new Tile(stream, label));
+    this.telestration.attach(tile);
+    if (stream === (params.get("stream") || this.config.stream)) this.stage.promote(tile);
+    return tile;
+  }
+
+  onStreams(streams) {
+    for (const { stream, track, receiver } of streams) {
+      const entry = this.room.streams.find((s) => s.stream === stream);
+      const tile = this.addTile(stream, this.label(entry));
+      tile.attach(track, receiver);
+      tile.quality ||= new Quality(tile);
+    }
+  }
+
+  onState({ state, reason, retryInS }) {
+    if (state === "reconnecting" && retryInS) {
+      setState(state, `reconnecting in ${retryInS.toFixed(1)} s`);
+      $("state").title = reason || "";
+    } else {
+      setState(state);
+      $("state").title = "";
+    }
+    if (state === "connected") showMessage("");
+  }
+
+  async onDenied(error) {
+    if (error.signInAgain) {
+      showMessage(`Your session ended (${error.status}): ${error.reason}. Please sign in again.`);
+      this.closeRoom();
+      forgetToken();
+      return this.enter(await askForToken(this.config));
+    }
+    const where = `${this.room.site}/${this.room.room}`;
+    this.closeRoom();
+    $("room").hidden = true;
+    setState("failed", "not allowed");
+    showMessage(`You may not watch ${where} (${error.status}: ${error.reason}).`);
+    if (this.listing.rooms.length) this.showRoomsKeepingMessage();
+  }
+
+  showRoomsKeepingMessage() {
+    const text = $("message").textContent;
+    this.showRooms();
+    showMessage(text);
+  }
+
+  onMessage({ channel, data }) {
+    let message;
+    try { message = JSON.parse(data); } catch { return; }
+    if (channel === "metadata" && message.type === "metadata") {
+      $("metadata-none").hidden = true;
+      this.metadata.show(message);
+    } else if (channel === "annotations") {
+      if (message.type === "chat") this.chat.append(message);
+      else if (message.type === "error") this.chat.note(`Refused: ${message.reason}`);
+      else this.telestration.receive(message);
+    } else if (channel === "stats" && message.type === "stats") {
+      this.edgeStats = message;
+      for (const [stream, s] of Object.entries(message.streams || {})) {
+        const tile = this.stage.tile(stream);
+        if (tile && s.rendition) tile.element.dataset.rendition = s.rendition;
       }
     }
-    video.requestVideoFrameCallback(onFrame);
-  };
-  video.requestVideoFrameCallback(onFrame);
+  }
+
+  /** Once a second: getStats() per tile, and what the tiles measured back to the edge. */
+  report() {
+    const tiles = this.stage.tiles.filter((t) => t.quality);
+    for (const tile of tiles) tile.quality.sample();
+    if (tiles.length) this.session?.send("stats", sessionReceipt(tiles.map((t) => t.quality.takeReceipt())));
+  }
+
+  bindControls() {
+    for (const button of document.querySelectorAll("[data-layout]")) {
+      button.addEventListener("click", () => this.stage.setLayout(button.dataset.layout));
+    }
+    this.stage.addEventListener("layout", ({ detail }) => {
+      localStorage.setItem("orstream.layout", detail.layout);
+      for (const b of document.querySelectorAll("[data-layout]")) b.setAttribute("aria-pressed", String(b.dataset.layout === detail.layout));
+      requestAnimationFrame(() => this.telestration.redrawAll());
+    });
+    this.stage.addEventListener("main", () => requestAnimationFrame(() => this.telestration.redrawAll()));
+    for (const button of document.querySelectorAll("[data-tool]")) {
+      button.addEventListener("click", () => this.toggleTool(button.dataset.tool));
+    }
+    $("color").addEventListener("input", (e) => { this.telestration.color = e.target.value; });
+    $("clear").addEventListener("click", () => this.telestration.clear());
+    $("fullscreen").addEventListener("click", () => this.toggleFullscreen());
+    $("toggle-side").addEventListener("click", () => {
+      const side = $("side");
+      side.hidden = !side.hidden;
+      $("toggle-side").setAttribute("aria-expanded", String(!side.hidden));
+      requestAnimationFrame(() => this.telestration.redrawAll());
+    });
+    $("signout").addEventListener("click", () => {
+      this.closeRoom();
+      forgetToken();
+      location.replace(location.pathname);
+    });
+    document.addEventListener("keydown", (event) => this.onKey(event));
+    addEventListener("pagehide", () => this.session?.close());
+  }
+
+  toggleTool(tool) {
+    const next = this.telestration.tool === tool ? null : tool;
+    this.telestration.setTool(next);
+    for (const b of document.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", String(b.dataset.tool === next));
+  }
+
+  toggleFullscreen() {
+    if (document.fullscreenElement) document.exitFullscreen();
+    else $("stage").requestFullscreen?.().catch(() => {});
+  }
+
+  onKey(event) {
+    if (event.target.closest?.("input, textarea, select") || event.ctrlKey || event.metaKey || event.altKey) return;
+    if ($("room").hidden) return;
+    const key = event.key.toLowerCase();
+    const layout = { 1: "single", 2: "grid", 3: "main" }[key];
+    if (layout && LAYOUTS.includes(layout)) this.stage.setLayout(layout);
+    else if (key === "f") this.toggleFullscreen();
+    else if (!$("tools").hidden && key === "d") this.toggleTool("draw");
+    else if (!$("tools").hidden && key === "p") this.toggleTool("point");
+    else if (!$("tools").hidden && key === "c") this.telestration.clear();
+    else if (key === "escape" && this.telestration.tool) this.toggleTool(this.telestration.tool);
+    else return;
+    event.preventDefault();
+  }
 }
 
-async function start(config, token) {
-  const response = await api(config, token, "/api/v1/streams");
-  if (!response.ok) {
-    showMessage(`Sign-in refused (${response.status}): ${(await response.text()).trim()}`);
-    forgetToken();
-    start(config, await askForToken(config));
-    return;
-  }
-  const { role, streams } = await response.json();
-  const [label, cls] = ROLE_BADGES[role] || [role, ""];
-  $("role").textContent = label;
-  $("role").className = `badge ${cls}`;
-  const wanted = new URLSearchParams(location.search).get("stream") || config.stream;
-  const stream = streams.find((s) => s.stream === wanted && s.room === config.room) || streams[0];
-  if (!stream) {
-    showMessage("No stream you may watch is live right now.");
-    return;
-  }
-  setState("connecting");
-  try {
-    await play(config, token, stream);
-  } catch (error) {
-    showMessage(`Cannot play ${stream.room}/${stream.stream}: ${error.message}`);
-    setState("failed");
-  }
-}
-
+if (params.has("kiosk")) document.body.classList.add("kiosk");
 const config = await (await fetch("config.json")).json();
-start(config, await signIn(config));
+const dictionary = fetch("dicom-dictionary.json").then((r) => (r.ok ? r.json() : {})).catch(() => ({}));
+const viewer = new Viewer(config, await dictionary);
+let token;
+try {
+  token = await signIn(config);
+} catch (error) {
+  showMessage(error.message);
+  token = await askForToken(config);
+}
+viewer.enter(token);
