@@ -151,6 +151,15 @@ def test_a_student_watches_the_room_with_only_deidentified_context(
         assert "ORS-" in text, "the pseudonymous patient ID the profile keeps"
         assert "De-identified" in text
         assert empty_values(page) == []
+        # The page reports what it measured back to the edge on the stats channel.
+        deadline = time.monotonic() + 10
+        receipts: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not receipts:
+            detail = stack.stats("signaling")["session_detail"]
+            receipts = [d["receipt"] for d in detail if d["role"] == "student" and d["receipt"]]
+            time.sleep(0.5)
+        assert receipts and receipts[0]["frames"] > 0, detail
+        assert 0 < receipts[0]["glass_to_glass_ms"] < 2000, receipts[0]
         assert page.is_hidden("#tools"), "students may not draw"
         assert page.is_visible("#chat"), "students may chat"
         assert page.external_requests == [], "no CDN: hospital networks are closed"

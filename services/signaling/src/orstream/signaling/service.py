@@ -131,7 +131,9 @@ class SignalingService:
                 }
         return {
             "sessions": len(self.sessions.sessions) if self.sessions else 0,
-            "session_detail": [s.snapshot() for s in self.sessions.sessions.values()]
+            "session_detail": [
+                {**s.snapshot(), "receipt": s.receipt()} for s in self.sessions.sessions.values()
+            ]
             if self.sessions
             else [],
             "streams": streams,

@@ -108,6 +108,11 @@ class PeerSession:
     def role_key(self) -> RoomRole:
         return (self.site, self.room, self.identity.role)
 
+    def receipt(self) -> dict[str, Any] | None:
+        """The viewer's newest receipt (what it measured: frames, decode, glass to glass)."""
+        reports = [s.last_report for s in self.stats if s.last_report is not None]
+        return max(reports, key=lambda r: r.received_ns).as_dict() if reports else None
+
     def snapshot(self) -> dict[str, Any]:
         """What the ``stats`` channel and ``/stats`` report for this session."""
         return {
