@@ -48,7 +48,7 @@ export class Chat {
     when.className = "muted";
     when.textContent = ` ${time(message.ts_ns)} `;
     li.append(who, document.createTextNode(message.text), when);
-    li.scrollIntoView({ block: "nearest" });
+    this.log.scrollTop = this.log.scrollHeight;  // the log only, not the page around it
   }
 
   /** A note from the edge or the app (a refused message, say). */
