@@ -309,6 +309,11 @@ if (params.has("kiosk")) document.body.classList.add("kiosk");
 const config = await (await fetch("config.json")).json();
 const dictionary = fetch("dicom-dictionary.json").then((r) => (r.ok ? r.json() : {})).catch(() => ({}));
 const viewer = new Viewer(config, await dictionary);
+// A renewed token (OIDC refresh) is used from the next request on: the edge ends a session at
+// its token's expiry and the session reconnects with the new one.
+addEventListener("orstream:token", (event) => {
+  if (event.detail.token && viewer.api) viewer.api.token = event.detail.token;
+});
 let token;
 try {
   token = await signIn(config);
