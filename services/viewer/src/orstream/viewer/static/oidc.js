@@ -260,10 +260,39 @@ export function redirectUri() {
   return location.origin + location.pathname.replace(/index\.html$/, "");
 }
 
-/** True when the address holds the provider's answer to a sign-in. */
-export function isCallback() {
+function answerIn(search) {
+  const params = new URLSearchParams(search);
+  return params.has("state") && (params.has("code") || params.has("error")) ? params : null;
+}
+
+function readPending() {
+  try {
+    return JSON.parse(sessionStorage.getItem(PENDING));
+  } catch {
+    return null;
+  }
+}
+
+/** Takes the provider's answer out of the address (history.replaceState: a reload or the back
+ * button never replays a code) and restores what the address held before the sign-in. */
+function cleanAddress(returnTo) {
   const params = new URLSearchParams(location.search);
-  return params.has("state") && (params.has("code") || params.has("error"));
+  for (const name of ANSWER_PARAMS) params.delete(name);
+  const rest = params.toString();
+  const address = returnTo ?? (rest ? `?${rest}` : "") + location.hash;
+  history.replaceState(history.state, "", location.pathname + address);
+}
+
+// The answer to a sign-in this tab started leaves the address as soon as this module loads, before
+// the app reads its own parameters (?room=…, restored from before the sign-in); completeSignIn
+// takes it from here.
+let captured = answerIn(location.search);
+if (captured && readPending()) cleanAddress(readPending().returnTo);
+else captured = null;
+
+/** True when the page was loaded with the provider's answer to a sign-in. */
+export function isCallback() {
+  return captured !== null || answerIn(location.search) !== null;
 }
 
 /** Sends the browser to the provider to sign in; the returned promise never settles (the page
@@ -300,25 +329,13 @@ export async function beginSignIn(oidc) {
   return new Promise(() => {});
 }
 
-/** Takes the provider's answer out of the address (history.replaceState: a reload or the back
- * button never replays a code) and restores what the address held before the sign-in. */
-function cleanAddress(returnTo) {
-  const params = new URLSearchParams(location.search);
-  for (const name of ANSWER_PARAMS) params.delete(name);
-  const rest = params.toString();
-  const address = returnTo ?? (rest ? `?${rest}` : "") + location.hash;
-  history.replaceState(history.state, "", location.pathname + address);
-}
-
-/** Completes the sign-in whose answer is in the address; resolves with the new session. */
+/** Completes the sign-in whose answer the page was loaded with; resolves with the new session. */
 export async function completeSignIn(oidc) {
-  const answer = new URLSearchParams(location.search);
-  let pending = null;
-  try {
-    pending = JSON.parse(sessionStorage.getItem(PENDING));
-  } catch { /* unreadable: none */ }
+  const answer = captured ?? new URLSearchParams(location.search);
+  const pending = readPending();
   sessionStorage.removeItem(PENDING);  // one answer per sign-in
-  cleanAddress(pending?.returnTo);
+  if (captured) captured = null;
+  else cleanAddress(pending?.returnTo);
   const name = providerName(oidc);
   if (!pending || pending.issuer !== oidc.issuer || pending.state !== answer.get("state")) {
     throw new OidcError("This sign-in answer does not belong to a sign-in started in this tab (state mismatch): sign in again.");
