@@ -83,12 +83,13 @@ async def test_demo_context_goes_with_the_frames_once_a_second() -> None:
     async def take() -> None:
         async for event in pattern.frames(None):  # type: ignore[arg-type]
             events.append(event)
-            if sum(isinstance(e, RawFrame) for e in events) == 12:
+            if sum(isinstance(e, RawFrame) for e in events) == 13:
                 return
 
     await asyncio.wait_for(take(), 5)
     contexts = [e for e in events if isinstance(e, Context)]
-    assert [c.seq for c in contexts] == [0, 10], "one dataset per second of video (10 fps)"
+    # One dataset a second by the clock: frame 0, then frame 10 (11 if the clock is a hair short).
+    assert [c.seq for c in contexts][:1] == [0] and contexts[1].seq in (10, 11), contexts
     ds = pydicom.dcmread(io.BytesIO(contexts[1].part10))
     assert ds.PatientName == samples.PATIENT_NAME
     assert ds.StudyInstanceUID == contexts[1].study_uid and contexts[1].modality == "ES"

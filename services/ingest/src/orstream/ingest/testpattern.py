@@ -155,7 +155,7 @@ class TestPattern:
     async def frames(self, ring: RingWriter) -> AsyncGenerator[SourceEvent, None]:
         """Frames paced by the monotonic clock; if the consumer falls behind, skip ahead."""
         period_ns = int(1e9 / self.format.fps)
-        context_every = max(1, round(CONTEXT_INTERVAL_S * self.format.fps))
+        next_context_ns = 0
         start = time.monotonic_ns()
         seq = 0
         while True:
@@ -170,7 +170,9 @@ class TestPattern:
                 log.debug("test pattern fell %d frames behind; skipping ahead", behind)
             capture_ns = time.time_ns()
             yield RawFrame(seq, capture_ns, functools.partial(self.render, seq, capture_ns))
-            if self.demo_context and seq % context_every == 0:
+            if self.demo_context and capture_ns >= next_context_ns:
+                # By the clock, not by seq: skipping ahead under load must not skip the context.
+                next_context_ns = capture_ns + int(CONTEXT_INTERVAL_S * 1e9)
                 yield self.context(seq, capture_ns)
             seq += 1
 

@@ -101,7 +101,7 @@ class SignalingService:
             allow_origins=self.settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "PATCH", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Location", "Link", STREAMS_HEADER],
+            expose_headers=["Location", "Link", STREAMS_HEADER, "Retry-After"],
         )
         app.include_router(build_router(api))
         app.router.routes.extend(health_routes(self.ready, self.stats))

@@ -21,6 +21,8 @@ const BADGES = {
 };
 const deidentifiedBadge = (view) => ["De-identified", "deidentified", `Patient data de-identified (${view})`];
 const RECEIPT_INTERVAL_MS = 1000;
+/** A site or room name, as the edge's subjects allow them. */
+const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
 function showMessage(text) {
   $("message").textContent = text;
@@ -89,7 +91,11 @@ class Viewer {
     const wanted = params.get("room");
     const rooms = this.listing.rooms;
     if (wanted) {
-      const [site, room] = wanted.split("/");
+      const [site, room, ...rest] = wanted.split("/");
+      if (!NAME.test(site || "") || !NAME.test(room || "") || rest.length) {
+        showMessage(`"${wanted}" is not a room: the address should name <site>/<room>.`);
+        return this.showRoomsKeepingMessage();
+      }
       // A room not in the listing is forbidden or not live: the edge's answer says which.
       const entry = rooms.find((r) => roomPath(r) === wanted) || { site, room, whep: `/whep/${site}/${room}`, streams: [] };
       return this.openRoom(entry);
@@ -149,6 +155,10 @@ class Viewer {
     this.session = new RoomSession(this.api, room);
     this.session.addEventListener("state", (e) => this.onState(e.detail));
     this.session.addEventListener("streams", (e) => this.onStreams(e.detail.streams));
+    this.session.addEventListener("listing", (e) => {
+      this.listing = e.detail.listing;
+      if (e.detail.room) this.room = e.detail.room;
+    });
     this.session.addEventListener("message", (e) => this.onMessage(e.detail));
     this.session.addEventListener("denied", (e) => this.onDenied(e.detail.error));
     this.session.start();
@@ -161,6 +171,8 @@ class Viewer {
     this.session = null;
     this.stage.clear();
     this.metadata.clear();
+    this.telestration.reset();
+    $("chat-log").replaceChildren();
     $("metadata-none").hidden = false;
   }
 
@@ -175,6 +187,7 @@ class Viewer {
     const existing = this.stage.tile(stream);
     if (existing) return existing;
     const tile = this.stage.add(new Tile(stream, label));
+    tile.element.draggable = !this.telestration.tool;
     this.telestration.attach(tile);
     if (stream === (params.get("stream") || this.config.stream)) this.stage.promote(tile);
     return tile;
@@ -186,7 +199,11 @@ class Viewer {
       const tile = this.addTile(stream, this.label(entry));
       tile.attach(track, receiver);
       tile.quality ||= new Quality(tile);
+      tile.setSignal(true);
     }
+    // A stream that stopped since: its tile says so instead of showing a frozen picture.
+    const live = new Set(streams.map((s) => s.stream));
+    for (const tile of this.stage.tiles) if (!live.has(tile.stream)) tile.setSignal(false);
   }
 
   onState({ state, reason, retryInS }) {
@@ -204,6 +221,7 @@ class Viewer {
     if (error.signInAgain) {
       showMessage(`Your session ended (${error.status}): ${error.reason}. Please sign in again.`);
       this.closeRoom();
+      $("room").hidden = true;
       forgetToken();
       return this.enter(await askForToken(this.config));
     }
@@ -298,7 +316,6 @@ class Viewer {
     else if (key === "f") this.toggleFullscreen();
     else if (!$("tools").hidden && key === "d") this.toggleTool("draw");
     else if (!$("tools").hidden && key === "p") this.toggleTool("point");
-    else if (!$("tools").hidden && key === "c") this.telestration.clear();
     else if (key === "escape" && this.telestration.tool) this.toggleTool(this.telestration.tool);
     else return;
     event.preventDefault();

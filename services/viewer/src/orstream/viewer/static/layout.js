@@ -22,11 +22,17 @@ export class Tile {
   /** Play a received track (again after a reconnect). */
   attach(track, receiver) {
     this.receiver = receiver;
+    this.quality?.reset();
     this.video.srcObject = new MediaStream([track]);
     this.video.play().catch(() => {});
   }
 
-  setState(text) { this.element.querySelector(".tile-state").textContent = text; }
+  /** Whether the session carries this stream now; without it the tile says "no signal". */
+  setSignal(live) {
+    this.element.classList.toggle("stalled", !live);
+    this.element.querySelector(".tile-state").textContent = live ? "" : "no signal";
+    if (!live) this.video.srcObject = null;
+  }
 
   /** Where the picture is inside the tile (object-fit: contain letterboxes it). */
   pictureRect() {

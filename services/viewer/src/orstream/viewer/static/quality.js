@@ -40,6 +40,13 @@ export class Quality {
 
   stop() { this._stopped = true; }
 
+  /** A new receiver (after a reconnect): rates start again from its first report. */
+  reset() {
+    this.prev = null;
+    this.stats = {};
+    this.latencies = [];
+  }
+
   _onFrame(now, metadata) {
     if (this._stopped) return;
     const video = this.tile.video;
@@ -93,7 +100,7 @@ export class Quality {
       stats.decodeMs = decoded > 0 ? (inbound.totalDecodeTime - prev.totalDecodeTime) / decoded * 1000 : null;
       const seconds = (inbound.timestamp - prev.timestamp) / 1000;
       stats.bitrateMbps = seconds > 0 ? (inbound.bytesReceived - prev.bytesReceived) * 8 / seconds / 1e6 : null;
-      stats.droppedSince = inbound.framesDropped - prev.framesDropped;
+      stats.droppedSince = Math.max(0, inbound.framesDropped - prev.framesDropped);
     }
     this.prev = inbound;
     this.stats = stats;
@@ -112,7 +119,7 @@ export class Quality {
     const receipt = {
       frames: this.framesSinceReceipt,
       glass: sorted.length ? { p50: quantile(sorted, 0.5), p95: quantile(sorted, 0.95) } : null,
-      decodeMs: this.stats.decodeMs ?? null,
+      decodeMs: this.stats.decodeMs > 0 ? this.stats.decodeMs : null,
       dropped: this.stats.droppedSince ?? 0,
     };
     this.unreported = [];

@@ -6,6 +6,7 @@
 //
 // Events (a RoomSession is an EventTarget):
 //   "state"   detail: {state, attempt, retryInS?}   connecting|connected|reconnecting|failed|closed
+//   "listing" detail: {listing, room}                 the edge's room listing, fetched per attempt
 //   "streams" detail: {streams: [{stream, track, receiver}]}   after each (re)connection
 //   "message" detail: {channel, data}                 a DataChannel message (text)
 //   "denied"  detail: {error}                         an ApiError the session will not retry
@@ -16,6 +17,8 @@ const BACKOFF_MIN_S = 0.5, BACKOFF_MAX_S = 15;
 /** A "disconnected" connection often recovers by itself (ICE consent); give it this long. */
 const DISCONNECTED_GRACE_MS = 4000;
 const ICE_GATHER_TIMEOUT_MS = 2000;
+/** The edge's default ORSTREAM_MAX_ROOM_STREAMS: more video m-lines than that are refused. */
+const MAX_STREAMS = 8;
 
 /** Delay before attempt `n` (1, 2, …): doubling from 0.5 s to 15 s, ±25 % jitter. */
 export function backoffS(attempt) {
@@ -82,12 +85,14 @@ export class RoomSession extends EventTarget {
     this.setState(this.attempt === 1 ? "connecting" : "reconnecting");
     try {
       const iceServers = await this.api.iceServers();
+      // Which streams are live now: a stream that stopped or started since the last attempt
+      // changes the offer (the edge refuses more video m-lines than streams it will send).
+      const names = await this.liveStreams();
       if (this.closed) return;
       const pc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
       this.pc = pc;
-      const count = this.wanted ? this.wanted.length : this.room.streams.length;
       const transceivers = [];
-      for (let i = 0; i < Math.max(1, count); i += 1) {
+      for (let i = 0; i < Math.max(1, names.length); i += 1) {
         const t = pc.addTransceiver("video", { direction: "recvonly" });
         // Play each frame as soon as it is complete: the OR needs latency, not smoothness.
         if ("jitterBufferTarget" in t.receiver) t.receiver.jitterBufferTarget = 0;
@@ -98,22 +103,36 @@ export class RoomSession extends EventTarget {
       await pc.setLocalDescription(await pc.createOffer());
       await waitForIce(pc, ICE_GATHER_TIMEOUT_MS);
       if (this.closed || this.pc !== pc) return;
-      const query = this.wanted ? `?streams=${this.wanted.map(encodeURIComponent).join(",")}` : "";
+      const query = names.length ? `?streams=${names.map(encodeURIComponent).join(",")}` : "";
       const { answer, resource, streams } = await this.api.whep(this.room.whep + query, pc.localDescription.sdp);
-      this.resource = resource;
       if (this.closed || this.pc !== pc) { this.api.release(resource); return; }
+      this.resource = resource;
       await pc.setRemoteDescription({ type: "answer", sdp: answer });
       // The answer names the stream of each video m-line, in the offer's order. Transceivers
       // the edge did not fill (more offered than streams live) are rejected and stay unused.
-      const names = streams.length ? streams : this.room.streams.map((s) => s.stream);
+      const sent = streams.length ? streams : names;
       this.emit("streams", {
-        streams: names.map((stream, i) => ({
+        streams: sent.map((stream, i) => ({
           stream, track: transceivers[i].receiver.track, receiver: transceivers[i].receiver,
         })).filter((s) => s.track),
       });
     } catch (error) {
       this.onFailure(error);
     }
+  }
+
+  /**
+   * The streams to ask for: those of the room the role may watch that are live now (at most
+   * MAX_STREAMS), narrowed to `options.streams`; empty when the room is not listed (forbidden
+   * or nothing live: the edge's answer to a plain room offer says which).
+   */
+  async liveStreams() {
+    const listing = await this.api.rooms();
+    const room = listing.rooms.find((r) => r.site === this.room.site && r.room === this.room.room);
+    this.emit("listing", { listing, room: room || null });
+    let names = room ? room.streams.map((s) => s.stream) : [];
+    if (this.wanted) names = names.filter((n) => this.wanted.includes(n));
+    return names.slice(0, MAX_STREAMS);
   }
 
   openChannel(pc, label) {

@@ -45,6 +45,14 @@ export class Telestration extends EventTarget {
     this.redraw(tile);
   }
 
+  /** Forget the room's drawing and tiles (leaving the room). */
+  reset() {
+    this._resize.disconnect();
+    this.strokes.clear();
+    this.pointers.clear();
+    this.drawing = null;
+  }
+
   setTool(tool) {
     this.tool = tool;
     // A drag would start on the draggable tile and cancel the pen's pointer events.
