@@ -7,7 +7,6 @@ to ``artifacts/``.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ import pytest
 from orstream.cli.main import make_token
 from orstream.cli.stack import Stack, StackConfig, StreamSpec
 from orstream.common import samples
-from orstream.viewer.chromium import CHROMIUM_ARGS, chromium_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 
@@ -36,21 +34,6 @@ INK = """(stream) => {
   }
   return {count, x: count && sx / count / c.width, y: count && sy / count / c.height};
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser tests: .ci/run installs Debian's chromium")
-        pytest.skip("Debian's chromium is not installed here (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(executable), args=list(CHROMIUM_ARGS))
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ would behind Keycloak. Screenshots go to ``artifacts/``.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from orstream.cli.stack import Stack, StackConfig
-from orstream.viewer.chromium import CHROMIUM_ARGS, chromium_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,21 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CLIENT_ID = "orstream-viewer"
 SESSION = "JSON.parse(sessionStorage.getItem('orstream.oidc.session'))"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser tests: .ci/run installs Debian's chromium")
-        pytest.skip("Debian's chromium is not installed here (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(executable), args=list(CHROMIUM_ARGS))
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

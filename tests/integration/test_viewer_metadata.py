@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,6 @@ from orstream.common.samples import IDENTIFYING, PATIENT_ID, or_context
 from orstream.metadata.pseudonyms import Pseudonyms
 from orstream.metadata.views import ViewSet
 from orstream.signaling.metadata import envelope
-from orstream.viewer.chromium import CHROMIUM_ARGS, chromium_path
 from orstream.viewer.service import ViewerService
 from orstream.viewer.settings import ViewerSettings
 
@@ -76,21 +74,6 @@ document.body.dataset.ready = "1";
 # The panel's text, visible and collapsed alike; and what a sighted reader sees.
 ALL_TEXT = "document.getElementById('panel').textContent"
 VISIBLE_TEXT = "document.getElementById('panel').innerText"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser tests: .ci/run installs Debian's chromium")
-        pytest.skip("Debian's chromium is not installed here (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(executable), args=list(CHROMIUM_ARGS))
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
