@@ -21,7 +21,8 @@ export function readTimecode(video, canvas, ctx) {
   const width = video.videoWidth;
   const block = Math.max(4, Math.floor(width / 80));
   const w = COLS * block, h = ROWS * block;
-  canvas.width = w; canvas.height = h;
+  // Resizing a canvas reallocates (and clears) it: only when the picture's size changed.
+  if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
   ctx.drawImage(video, block, block, w, h, 0, 0, w, h);
   const pixels = ctx.getImageData(0, 0, w, h).data;
   const bits = [];
