@@ -2,7 +2,7 @@
 
 Kubernetes probes ``/livez`` (the event loop answers) and ``/readyz`` (the service says it can do
 its job, e.g. NATS connected). ``/stats`` gives hop latencies and counters as JSON for people and
-for ``orstream bench``.
+for ``orstream bench``; ``/metrics`` gives the OpenTelemetry metrics to Prometheus.
 """
 
 from __future__ import annotations
@@ -16,20 +16,28 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from orstream.common.telemetry import prometheus_text
 
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], bool]
+#: The Prometheus text of the service (a service whose metrics live in child processes merges
+#: theirs, so it answers async).
+MetricsSource = Callable[[], bytes | Awaitable[bytes]]
 #: Stats since a capture time; a service whose figures live in child processes answers async.
 StatsSource = Callable[[int], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
-def health_routes(ready: ReadyCheck, stats: StatsSource) -> list[Route]:
-    """The three routes; a FastAPI/Starlette service mounts them on its own app."""
+def health_routes(
+    ready: ReadyCheck, stats: StatsSource, metrics: MetricsSource = prometheus_text
+) -> list[Route]:
+    """The four routes; a FastAPI/Starlette service mounts them on its own app."""
 
     async def livez(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
@@ -49,10 +57,17 @@ def health_routes(ready: ReadyCheck, stats: StatsSource) -> list[Route]:
             result = await result
         return JSONResponse(result)
 
+    async def metrics_route(_: Request) -> Response:
+        text = metrics()
+        if inspect.isawaitable(text):
+            text = await text
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
     return [
         Route("/livez", livez),
         Route("/readyz", readyz),
         Route("/stats", stats_route),
+        Route("/metrics", metrics_route),
     ]
 
 
@@ -102,5 +117,7 @@ class HttpServer:
         self.sock.close()
 
 
-def health_app(ready: ReadyCheck, stats: StatsSource) -> Starlette:
-    return Starlette(routes=health_routes(ready, stats))
+def health_app(
+    ready: ReadyCheck, stats: StatsSource, metrics: MetricsSource = prometheus_text
+) -> Starlette:
+    return Starlette(routes=health_routes(ready, stats, metrics))

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from orstream.common.bus import Bus
 from orstream.common.config import CommonSettings
 from orstream.common.health import HttpServer, health_app
-from orstream.common.telemetry import setup_telemetry
+from orstream.common.telemetry import prometheus_text, setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,12 @@ async def serve(service: Service, settings: CommonSettings) -> None:
                 return
             stack.push_async_callback(ctx.bus.close)
         if service.uses_health_port:
+            # A service whose metrics live in child processes (the encoder) merges theirs.
+            metrics = getattr(service, "metrics", prometheus_text)
             health = HttpServer(
-                health_app(service.ready, service.stats), settings.health_host, settings.health_port
+                health_app(service.ready, service.stats, metrics),
+                settings.health_host,
+                settings.health_port,
             )
             await health.start()
             stack.push_async_callback(health.stop)
@@ -117,4 +121,7 @@ def run(service: Service, settings: CommonSettings) -> None:
     """Entry point for a service's ``__main__``."""
     configure_logging(service.name, settings.log_level)
     setup_telemetry(service.name, settings.trace_sample_ratio)
-    asyncio.run(serve(service, settings))
+    try:
+        asyncio.run(serve(service, settings))
+    finally:
+        shutdown_telemetry()

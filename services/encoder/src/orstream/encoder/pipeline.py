@@ -25,13 +25,31 @@ from dataclasses import dataclass, field
 
 import av
 from av.video.reformatter import Interpolation, VideoReformatter
-from opentelemetry import context, propagate, trace
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context
 
 from orstream.common.bus import Bus
-from orstream.common.messages import AccessUnitMeta, FrameReady, StreamDescriptor
+from orstream.common.messages import (
+    HDR_PUBLISHED_NS,
+    TRACEPARENT,
+    AccessUnitMeta,
+    FrameReady,
+    StreamDescriptor,
+)
+from orstream.common.observability import (
+    HOP_ENCODER_ENCODE,
+    HOP_ENCODER_PUBLISH,
+    HOP_ENCODER_READ,
+    KEYFRAME_REQUESTS,
+)
 from orstream.common.shm import RingError, RingReader
 from orstream.common.subjects import StreamId
-from orstream.common.telemetry import Counters, HopLatency
+from orstream.common.telemetry import (
+    Counters,
+    FrameCounts,
+    HopLatency,
+    QueueDelay,
+)
 from orstream.encoder.codec import VIDEO_CLOCK_HZ, EncoderOpenError, VideoEncoder
 from orstream.encoder.control import EXIT_REFUSED
 from orstream.encoder.convert import to_i420
@@ -48,7 +66,9 @@ from orstream.encoder.settings import EncoderSettings, Rendition
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("orstream.encoder")
 
-HOP = "encoder"
+#: What the encode thread hands the event loop per AU: the rendition, the AU, its headers, its
+#: ``encoder.publish`` span (sampled frames only), capture and encoded times.
+Outgoing = tuple["RenditionState", bytes, dict[str, str], trace.Span | None, int, int]
 #: Consecutive unreadable frames after which the ring is attached afresh (ingest restarted).
 REATTACH_AFTER_MISSES = 25
 STOP_JOIN_S = 5.0
@@ -71,8 +91,11 @@ class RenditionState:
 
     spec: Rendition
     subject: str
-    latency: HopLatency
+    #: Hops ``encoder.encode`` (frame read → AU out of the encoder) and ``encoder.publish``
+    #: (→ handed to NATS by the event loop).
     encode_ms: HopLatency
+    latency: HopLatency
+    frames: FrameCounts
     #: Per rendition, so an IDR one rendition makes anyway never answers another's request.
     keyframes: KeyframePolicy
     encoder: VideoEncoder | None = None
@@ -122,13 +145,19 @@ class StreamPipeline:
         #: Called (on the loop) with a reason and an exit status when the stream cannot go on.
         self.on_failure = on_failure
         attrs = {"site": stream.site, "room": stream.room, "stream": stream.stream}
-        self.queue_ms = HopLatency("queue", attrs)
+        #: Notified → the encode thread took the frame (part of the ``encoder.read`` hop).
+        self.queue_ms = QueueDelay(attrs)
+        self.read_ms = HopLatency(HOP_ENCODER_READ, attrs)
+        self.frames = FrameCounts("encoder", attrs)
+        self._keyframe_requests = metrics.get_meter("orstream").create_counter(KEYFRAME_REQUESTS)
+        self._attrs = attrs
         self.renditions = [
             RenditionState(
                 spec,
                 stream.encoded(spec.name),
-                HopLatency(HOP, {**attrs, "rendition": spec.name}),
-                HopLatency("encode", {**attrs, "rendition": spec.name}),
+                HopLatency(HOP_ENCODER_ENCODE, {**attrs, "rendition": spec.name}),
+                HopLatency(HOP_ENCODER_PUBLISH, {**attrs, "rendition": spec.name}),
+                FrameCounts("encoder", {**attrs, "rendition": spec.name}),
                 KeyframePolicy(settings.keyframe_min_interval_s),
             )
             for spec in settings.renditions
@@ -139,9 +168,7 @@ class StreamPipeline:
         self._complained: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, name=f"encode-{stream}", daemon=True)
         #: AUs from the encode thread to the event loop, which publishes them in order.
-        self._outbox: asyncio.Queue[tuple[str, bytes, dict[str, str]] | None] = asyncio.Queue(
-            OUTBOX_LIMIT
-        )
+        self._outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue(OUTBOX_LIMIT)
         self._publisher: asyncio.Task[None] | None = None
 
     # -- event loop side ------------------------------------------------------------------
@@ -152,34 +179,46 @@ class StreamPipeline:
 
     async def _publish_loop(self) -> None:
         while (item := await self._outbox.get()) is not None:
-            subject, data, headers = item
+            r, data, headers, span, capture_ns, encoded_ns = item
+            published_ns = time.time_ns()
+            headers[HDR_PUBLISHED_NS] = str(published_ns)
             try:
-                await self.bus.publish(subject, data, headers)
+                await self.bus.publish(r.subject, data, headers)
             except Exception as exc:  # a reconnecting client buffers; a closed one raises
                 self.counters.add("publish_errors")
+                r.frames.dropped("publish")
                 log.warning("%s: publish failed: %s", self.stream, exc)
+            else:
+                r.latency.record((published_ns - encoded_ns) / 1e6, capture_ns)
+                r.frames.sent()
+            if span is not None:
+                span.end(published_ns)
 
-    def _enqueue(self, item: tuple[str, bytes, dict[str, str]]) -> None:
+    def _enqueue(self, item: Outgoing) -> None:
         try:
             self._outbox.put_nowait(item)
         except asyncio.QueueFull:
             self.counters.add("access_units_dropped")
+            item[0].frames.dropped("outbox_full")
+            if item[3] is not None:
+                item[3].end()
 
     def offer(self, note: FrameReady, headers: dict[str, str] | None) -> None:
         """Hand over the newest frame; one the thread has not taken yet is dropped."""
+        self.frames.received()
         with self._wake:
             if self._latest is not None:
                 self.counters.add("frames_skipped")
+                self.frames.dropped("superseded")
             self._latest = (note, headers)
             self._wake.notify()
 
     def request_keyframe(self) -> None:
         # The request names the stream, not the rendition whose peer lost the picture.
         fresh = [r.keyframes.request() for r in self.renditions]
-        if any(fresh):
-            self.counters.add("keyframe_requests")
-        else:
-            self.counters.add("keyframe_requests_coalesced")
+        outcome = "requested" if any(fresh) else "coalesced"
+        self.counters.add("keyframe_requests" if any(fresh) else "keyframe_requests_coalesced")
+        self._keyframe_requests.add(1, {**self._attrs, "stage": "encoder", "outcome": outcome})
 
     def update_descriptor(self, descriptor: StreamDescriptor) -> None:
         """Ingest re-announced the stream (e.g. a new source format): frames follow it."""
@@ -199,17 +238,19 @@ class StreamPipeline:
                 await self._publisher
 
     def stats(self, since_ns: int) -> dict[str, object]:
-        source = self.renditions[0]
         return {
-            "encoder": source.latency.summary(since_ns),
-            "encode": source.encode_ms.summary(since_ns),
-            "queue": self.queue_ms.summary(since_ns),
+            "hops": {
+                HOP_ENCODER_READ: self.read_ms.summary(since_ns),
+                QueueDelay.HOP: self.queue_ms.summary(since_ns),
+            },
             "watchers": self.interest.watchers(),
             "renditions": {
                 r.spec.name: {
                     **r.describe(),
-                    "encoder": r.latency.summary(since_ns),
-                    "encode": r.encode_ms.summary(since_ns),
+                    "hops": {
+                        HOP_ENCODER_ENCODE: r.encode_ms.summary(since_ns),
+                        HOP_ENCODER_PUBLISH: r.latency.summary(since_ns),
+                    },
                 }
                 for r in self.renditions
             },
@@ -266,6 +307,7 @@ class StreamPipeline:
                 note, headers, taken_ns = item
                 self.queue_ms.record((taken_ns - note.notified_ns) / 1e6, note.capture_ns)
                 if not self._format_matches(note):
+                    self.frames.dropped("format")
                     continue
                 wanted = self.interest.wanted(time.monotonic())
                 active = [r for r in self.renditions if r.spec.name in wanted]
@@ -283,19 +325,16 @@ class StreamPipeline:
                         reader = RingReader.attach(note.ring)
                     except RingError as exc:
                         self._complain("ring_missing", "%s", exc)
+                        self.frames.dropped("ring_missing")
                         reader = None
                         continue
                     misses = 0
-                parent = propagate.extract(headers) if headers else None
-                token = context.attach(parent) if parent is not None else None
-                try:
-                    if self._encode_frame(reader, note, active, wanted):
-                        misses = 0
-                    else:
-                        misses += 1
-                finally:
-                    if token is not None:
-                        context.detach(token)
+                # Only a frame ingest traced carries a traceparent; the others get no spans.
+                parent = propagate.extract(headers) if headers and TRACEPARENT in headers else None
+                if self._encode_frame(reader, note, active, wanted, parent):
+                    misses = 0
+                else:
+                    misses += 1
         except EncoderOpenError as exc:
             self.counters.add("encoder_open_failures")
             log.error("%s: refusing the stream: %s", self.stream, exc)
@@ -316,23 +355,41 @@ class StreamPipeline:
         note: FrameReady,
         active: list[RenditionState],
         wanted: dict[str, int],
+        parent: Context | None,
     ) -> bool:
-        with tracer.start_as_current_span("encoder.read"):
-            try:
-                frame = reader.read(note.seq, to_i420)
-            except (RingError, ValueError) as exc:  # a slot that does not hold what it says
-                self._complain("frames_rejected", "frame %d rejected: %s", note.seq, exc)
-                return True
+        read_span = (
+            tracer.start_span(HOP_ENCODER_READ, context=parent, start_time=note.notified_ns)
+            if parent is not None
+            else None
+        )
+        try:
+            frame = reader.read(note.seq, to_i420)
+        except (RingError, ValueError) as exc:  # a slot that does not hold what it says
+            self._complain("frames_rejected", "frame %d rejected: %s", note.seq, exc)
+            self.frames.dropped("rejected")
+            return True
+        finally:
+            read_ns = time.time_ns()
+            if read_span is not None:
+                read_span.end(read_ns)
         if frame is None:
             self.counters.add("frames_torn")
+            self.frames.dropped("torn")
             return False
+        self.read_ms.record((read_ns - note.notified_ns) / 1e6, note.capture_ns)
         frame.pts = pts_of(note.capture_ns)
         now_ns = time.monotonic_ns()
+        read_ctx = trace.set_span_in_context(read_span) if read_span is not None else None
         for r in active:
             force = r.keyframes.force_now(now_ns)
             if force:
                 self.counters.add("keyframes_forced")
-            self._encode_rendition(r, frame, note, wanted[r.spec.name], force, now_ns)
+                self._keyframe_requests.add(
+                    1, {**self._attrs, "stage": "encoder", "outcome": "forced"}
+                )
+            self._encode_rendition(
+                r, frame, note, wanted[r.spec.name], force, now_ns, read_ns, read_ctx
+            )
         return True
 
     def _encoder_for(
@@ -383,37 +440,51 @@ class StreamPipeline:
         estimate: int,
         force: bool,
         now_ns: int,
+        read_ns: int,
+        read_ctx: Context | None,
     ) -> None:
         width, height = output_size(r.spec, frame.width, frame.height)
         encoder = self._encoder_for(r, width, height, estimate)
-        started = time.perf_counter()
-        with tracer.start_as_current_span("encoder.encode"):
+        encode_span = (
+            tracer.start_span(HOP_ENCODER_ENCODE, context=read_ctx, start_time=read_ns)
+            if read_ctx is not None
+            else None
+        )
+        try:
             if (width, height) != (frame.width, frame.height):
                 frame = r.reformatter.reformat(
                     frame, width, height, "yuv420p", interpolation=Interpolation.BILINEAR
                 )
             units = encoder.encode(frame, force)
-        r.encode_ms.record((time.perf_counter() - started) * 1e3, note.capture_ns)
+        finally:
+            encoded_ns = time.time_ns()
+            if encode_span is not None:
+                encode_span.set_attribute("orstream.rendition", r.spec.name)
+                encode_span.end(encoded_ns)
+        r.encode_ms.record((encoded_ns - read_ns) / 1e6, note.capture_ns)
+        encode_ctx = trace.set_span_in_context(encode_span) if encode_span is not None else None
         for unit in units:
-            with tracer.start_as_current_span("encoder.publish") as span:
-                carrier: dict[str, str] = {}
-                if span.is_recording():
-                    propagate.inject(carrier)
-                published_ns = time.time_ns()
-                meta = AccessUnitMeta(
-                    seq=note.seq,
-                    pts=unit.pts,
-                    key=unit.key,
-                    codec=encoder.codec,
-                    capture_ns=note.capture_ns,
-                    notified_ns=note.notified_ns,
-                    published_ns=published_ns,
-                    traceparent=carrier.get("traceparent"),
+            carrier: dict[str, str] = {}
+            span = None
+            if encode_ctx is not None:
+                span = tracer.start_span(
+                    HOP_ENCODER_PUBLISH, context=encode_ctx, start_time=encoded_ns
                 )
-                self.loop.call_soon_threadsafe(
-                    self._enqueue, (r.subject, unit.data, meta.to_headers())
-                )
-            r.latency.record((published_ns - note.notified_ns) / 1e6, note.capture_ns)
+                propagate.inject(carrier, context=trace.set_span_in_context(span))
+            meta = AccessUnitMeta(
+                seq=note.seq,
+                pts=unit.pts,
+                key=unit.key,
+                codec=encoder.codec,
+                capture_ns=note.capture_ns,
+                notified_ns=note.notified_ns,
+                published_ns=encoded_ns,  # stamped again when the loop hands it to NATS
+                traceparent=carrier.get(TRACEPARENT),
+            )
+            self.loop.call_soon_threadsafe(
+                self._enqueue,
+                (r, unit.data, meta.to_headers(), span, note.capture_ns, encoded_ns),
+            )
             r.access_units += 1
             self.counters.add("access_units_out")
             if unit.key:

@@ -136,10 +136,20 @@ class WorkerProcess:
             return
         future = self._replies.pop(message.get("id", -1), None)
         if future is not None and not future.done():
-            future.set_result(message.get("stats") or {})
+            future.set_result(message)
 
     async def stats(self, since_ns: int) -> dict[str, Any] | None:
         """The worker's own stats, or None if it does not answer in time."""
+        reply = await self._ask({"since_ns": since_ns})
+        return None if reply is None else (reply.get("stats") or {})
+
+    async def metrics(self) -> str | None:
+        """The worker's metrics (Prometheus text), or None if it does not answer in time."""
+        reply = await self._ask({"metrics": True})
+        text = None if reply is None else reply.get("metrics")
+        return text if isinstance(text, str) else None
+
+    async def _ask(self, request: dict[str, Any]) -> dict[str, Any] | None:
         proc = self._proc
         if not self.up or proc is None or proc.returncode is not None or proc.stdin is None:
             return None
@@ -149,7 +159,7 @@ class WorkerProcess:
         stdin = proc.stdin
 
         async def ask() -> dict[str, Any]:
-            stdin.write(json.dumps({"id": request_id, "since_ns": since_ns}).encode() + b"\n")
+            stdin.write(json.dumps({"id": request_id, **request}).encode() + b"\n")
             await stdin.drain()
             return await future
 

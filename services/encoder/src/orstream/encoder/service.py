@@ -32,7 +32,7 @@ from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext, cancel_and_wait
 from orstream.common.shm import SHM_DIR
 from orstream.common.subjects import ENCODER_BUCKET, StreamId
-from orstream.common.telemetry import Counters
+from orstream.common.telemetry import Counters, merge_prometheus_texts, prometheus_text
 from orstream.encoder.claims import ClaimBook
 from orstream.encoder.processes import WorkerProcess
 from orstream.encoder.settings import EncoderSettings
@@ -275,6 +275,13 @@ class EncoderService:
 
     def ready(self) -> bool:
         return self.book is not None
+
+    async def metrics(self) -> bytes:
+        """The replica's own metrics and every worker's, as one Prometheus exposition."""
+        texts = await asyncio.gather(*(w.metrics() for w in self.workers.values()))
+        return merge_prometheus_texts(
+            [prometheus_text().decode(), *(text for text in texts if text is not None)]
+        )
 
     async def stats(self, since_ns: int) -> dict[str, Any]:
         streams = list(self.workers.items())

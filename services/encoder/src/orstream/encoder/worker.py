@@ -22,7 +22,7 @@ from orstream.common.messages import FrameReady, Interest, MessageError, StreamD
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext, cancel_and_wait, run
 from orstream.common.subjects import StreamId
-from orstream.common.telemetry import Counters
+from orstream.common.telemetry import Counters, prometheus_text
 from orstream.encoder.control import EXIT_REFUSED, WorkerControl
 from orstream.encoder.convert import ENCODABLE_FORMATS
 from orstream.encoder.interest import InterestTable
@@ -132,10 +132,14 @@ class StreamWorker:
                 request = json.loads(line)
                 since_ns = int(request.get("since_ns", 0))
                 reply_to = request["id"]
+                wants_metrics = bool(request.get("metrics", False))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.warning("control: malformed request %r: %s", line[:80], exc)
                 continue
-            self.control.send({"id": reply_to, "stats": self.stats(since_ns)})
+            if wants_metrics:  # the supervisor's /metrics serves every worker's too
+                self.control.send({"id": reply_to, "metrics": prometheus_text().decode()})
+            else:
+                self.control.send({"id": reply_to, "stats": self.stats(since_ns)})
         log.info("%s: supervisor gone; stopping", self.stream)
         ctx.stopping.set()
 

@@ -20,11 +20,12 @@ from opentelemetry import propagate, trace
 
 from orstream.common.bus import Bus
 from orstream.common.messages import ContextMeta, FrameReady, StreamDescriptor, StreamState
+from orstream.common.observability import HOP_INGEST_CAPTURE, HOP_INGEST_PUBLISH
 from orstream.common.registry import Registry
 from orstream.common.runner import ServiceContext, cancel_and_wait
 from orstream.common.shm import RingError, RingWriter
 from orstream.common.subjects import StreamId, meta_in
-from orstream.common.telemetry import Counters, HopLatency
+from orstream.common.telemetry import Counters, FrameCounts, HopLatency
 from orstream.ingest.settings import IngestSettings
 from orstream.ingest.source import (
     Context,
@@ -39,7 +40,6 @@ from orstream.ingest.sources import open_source
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("orstream.ingest")
 
-HOP = "ingest"
 #: A stream is stalled after this many frame intervals without a frame (at least
 #: ``stall_after_s``).
 STALL_FRAMES = 5
@@ -56,7 +56,10 @@ class IngestService:
         self.stream = StreamId(settings.site, settings.room, settings.stream)
         self.source = source or open_source(settings.source)
         attrs = {"site": settings.site, "room": settings.room, "stream": settings.stream}
-        self.latency = HopLatency(HOP, attrs)
+        #: Captured → in the ring, and in the ring → notified (the path's first two hops).
+        self.capture_latency = HopLatency(HOP_INGEST_CAPTURE, attrs)
+        self.latency = HopLatency(HOP_INGEST_PUBLISH, attrs)
+        self.frames = FrameCounts("ingest", attrs)
         self.counters = Counters("orstream.ingest")
         self.descriptor: StreamDescriptor | None = None
         self._registry: Registry | None = None
@@ -170,13 +173,22 @@ class IngestService:
     async def _handle(
         self, bus: Bus, ring: RingWriter, loop: asyncio.AbstractEventLoop, event: SourceEvent
     ) -> None:
-        if isinstance(event, RawFrame):
-            with tracer.start_as_current_span("ingest.capture") as span:
-                slot = await loop.run_in_executor(self._writer, self._write, ring, event)
-                await self._notify(bus, ring, event.seq, slot, event.capture_ns, span)
-        elif isinstance(event, FrameInRing):
-            with tracer.start_as_current_span("ingest.capture") as span:
-                await self._notify(bus, ring, event.seq, event.slot, event.capture_ns, span)
+        if isinstance(event, RawFrame | FrameInRing):
+            self.frames.received()
+            # The frame's trace starts when it was captured, not when this loop got to it.
+            span = tracer.start_span(HOP_INGEST_CAPTURE, start_time=event.capture_ns)
+            try:
+                if isinstance(event, RawFrame):
+                    slot = await loop.run_in_executor(self._writer, self._write, ring, event)
+                else:
+                    slot = event.slot
+            except Exception:
+                self.frames.dropped("ring_write")
+                span.end()
+                raise
+            written_ns = time.time_ns()
+            span.end(written_ns)
+            await self._notify(bus, ring, event.seq, slot, event.capture_ns, written_ns, span)
         elif isinstance(event, Context):
             await self._publish_context(bus, event)
         elif isinstance(event, Stalled):
@@ -190,20 +202,31 @@ class IngestService:
         seq: int,
         slot: int,
         capture_ns: int,
-        span: trace.Span,
+        written_ns: int,
+        capture_span: trace.Span,
     ) -> None:
         fmt = self.source.format
         headers: dict[str, str] = {}
-        if span.is_recording():
-            span.set_attribute("orstream.seq", seq)
-            propagate.inject(headers)
-        notified_ns = time.time_ns()
-        note = FrameReady(
-            ring.name, slot, seq, fmt.width, fmt.height, fmt.pix_fmt, capture_ns, notified_ns
-        )
-        with tracer.start_as_current_span("ingest.publish"):
-            await bus.publish(self.stream.frame(), note.encode(), headers or None)
-        self.latency.record((notified_ns - capture_ns) / 1e6, capture_ns)
+        parent = trace.set_span_in_context(capture_span)
+        with tracer.start_as_current_span(
+            HOP_INGEST_PUBLISH, context=parent, start_time=written_ns
+        ) as span:
+            if span.is_recording():
+                span.set_attribute("orstream.seq", seq)
+                capture_span.set_attribute("orstream.seq", seq)
+                propagate.inject(headers)  # the encoder's spans are children of this one
+            notified_ns = time.time_ns()
+            note = FrameReady(
+                ring.name, slot, seq, fmt.width, fmt.height, fmt.pix_fmt, capture_ns, notified_ns
+            )
+            try:
+                await bus.publish(self.stream.frame(), note.encode(), headers or None)
+            except Exception:
+                self.frames.dropped("publish")
+                raise
+        self.capture_latency.record((written_ns - capture_ns) / 1e6, capture_ns)
+        self.latency.record((notified_ns - written_ns) / 1e6, capture_ns)
+        self.frames.sent()
         self.counters.add("frames_out")
         self._last_frame_ns = time.monotonic_ns()
         assert self.descriptor is not None
@@ -245,6 +268,9 @@ class IngestService:
             "stream": self.stream.key,
             "state": self.descriptor.state.value if self.descriptor else "",
             "fps": self.source.format.fps,
-            "hops": {HOP: self.latency.summary(since_ns)},
+            "hops": {
+                HOP_INGEST_CAPTURE: self.capture_latency.summary(since_ns),
+                HOP_INGEST_PUBLISH: self.latency.summary(since_ns),
+            },
             "counters": {**self.counters.snapshot(), **self.source.counters()},
         }
