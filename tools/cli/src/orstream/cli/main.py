@@ -10,6 +10,7 @@
     orstream bench encoder [--seconds S] --json PATH
     orstream bench fanout [--peers N] [--baseline-peers K] [--seconds S] --json PATH
     orstream bench browser --seconds S [--resolution WxH] [--fps F] --json PATH
+    orstream latency (--from PATH | --live [--seconds S]) [--png PATH] [--json PATH]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from orstream.cli.stack import (
     DEFAULT_EDGE_PORT,
     DEFAULT_VIEWER_PORT,
+    STACK_FILE_NAME,
     Stack,
     StackConfig,
     StackError,
@@ -111,6 +113,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         edge_port=port_or_free(args.edge_port, args.host),
         host=args.host,
         encoders=args.encoders,
+        stack_file=settings.state_dir / STACK_FILE_NAME,  # for orstream latency --live
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -311,6 +314,12 @@ def parser() -> argparse.ArgumentParser:
     bro.add_argument("--fps", type=float, default=50.0)
     bro.add_argument("--json", required=True, dest="json_path")
     bench.set_defaults(func=cmd_bench)
+
+    from orstream.cli import latency  # the per-hop report; matplotlib only when plotting
+
+    report = sub.add_parser("latency", help="per-hop latency table and plot (bench JSON or live)")
+    latency.add_arguments(report)
+    report.set_defaults(func=latency.main)
 
     deid = sub.add_parser(
         "deid", help="de-identify DICOM Part 10 files offline (PS3.15 Annex E, as a role sees)"

@@ -42,6 +42,9 @@ STOP_GRACE_S = 10.0
 POLL_S = 0.05
 DEFAULT_VIEWER_PORT = 8080
 DEFAULT_EDGE_PORT = 8081
+#: Written into the state dir by ``orstream up`` while its stack runs, so other processes
+#: (``orstream latency --live``) can find its ``/stats`` URLs; removed when it stops.
+STACK_FILE_NAME = "stack.json"
 
 
 class StackError(RuntimeError):
@@ -174,6 +177,8 @@ class StackConfig:
     #: Services' logs go to files here (None: inherit this process's stderr).
     log_dir: Path | None = None
     services: tuple[str, ...] = ("ingest", "encoder", "metadata", "signaling", "viewer")
+    #: Where to describe the running stack (see :meth:`Stack.describe`); None: nowhere.
+    stack_file: Path | None = None
 
 
 class Stack:
@@ -300,6 +305,11 @@ class Stack:
                         self.start_service(name, replica=replica)
                 else:
                     self.start_service(name)
+            if self.config.stack_file is not None:
+                path = self.config.stack_file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.with_suffix(".tmp").write_text(json.dumps(self.describe(), indent=2) + "\n")
+                path.with_suffix(".tmp").replace(path)
         except BaseException:
             self.stop()
             raise
@@ -343,6 +353,19 @@ class Stack:
             time.sleep(POLL_S * 2)
         raise StackError(f"{process.name} not ready after {READY_TIMEOUT_S:g} s\n{process.tail()}")
 
+    def describe(self) -> dict[str, Any]:
+        """Where this stack answers: its ``/stats`` URLs (by the labels of ``health_ports``)."""
+        return {
+            "pid": os.getpid(),
+            "edge_url": self.edge_url,
+            "viewer_url": self.viewer_url,
+            "streams": [s.key for s in self.streams],
+            "stats_urls": {
+                "signaling": self.stats_url("signaling"),
+                **{label: self.stats_url(label) for label in self.health_ports},
+            },
+        }
+
     def stats(self, service: str, since_ns: int = 0) -> dict[str, Any]:
         with urllib.request.urlopen(
             f"{self.stats_url(service)}?since_ns={since_ns}", timeout=5
@@ -361,6 +384,8 @@ class Stack:
             process.popen.wait()
 
     def stop(self) -> None:
+        if self.config.stack_file is not None:
+            self.config.stack_file.unlink(missing_ok=True)
         for process in reversed(self.processes):
             self.stop_service(process)
         self.processes.clear()
