@@ -24,7 +24,7 @@ DEFAULT_VIEWER_URL = "http://127.0.0.1:8080"
 def main() -> None:
     settings = CommonSettings()
     if not settings.dev_key_path.exists():
-        raise SystemExit(f"dev-tokens: no development key at {settings.dev_key_path} (is the edge up?)")
+        raise SystemExit(f"dev-tokens: no key at {settings.dev_key_path}: is the edge up?")
     key = load_or_create_signing_key(settings.dev_key_path)
     roles = [role for role in DEMO_ROLES if role in Policy.load(settings.policy_file).roles]
     rooms = [f"{settings.site}/*"]
@@ -40,7 +40,8 @@ def main() -> None:
     }
     viewer = os.environ.get("VIEWER_URL", DEFAULT_VIEWER_URL).rstrip("/")
     first = roles[0]
-    print(f"\n  Open this in a browser (token for the {first} role):\n    {viewer}/#token={tokens[first]}\n")
+    print(f"\n  Open this in a browser (token for the {first} role):")
+    print(f"    {viewer}/#token={tokens[first]}\n")
     print("  Tokens for the demo roles (paste into the viewer):")
     for role, token in tokens.items():
         print(f"    {role:8s} {token}")
