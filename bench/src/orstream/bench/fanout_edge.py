@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from orstream.common.runner import run
+from orstream.common.subjects import SOURCE_RENDITION
 from orstream.signaling.remb import RembRecordingPacketizer
 from orstream.signaling.service import SignalingService
 from orstream.signaling.settings import SignalingSettings
@@ -25,11 +26,13 @@ PROFILE_ENV = "ORSTREAM_BENCH_PROFILE"
 
 
 class BenchEdge(SignalingService):
-    def stats(self, since_ns: int) -> dict[str, Any]:
-        out = super().stats(since_ns)
+    def stats(self, since_ns: int, frames: bool = False) -> dict[str, Any]:
+        out = super().stats(since_ns, frames)
         delivery: dict[str, Any] = {}
         if self.sessions is not None:
-            for stream, latency in self.sessions.latency.items():
+            for (stream, rendition), latency in self.sessions.latency.items():
+                if rendition != SOURCE_RENDITION:
+                    continue
                 delivery[str(stream)] = {
                     "rank": latency.delivery.rank,
                     "ranked_peer": latency.delivery.ranked.summary(since_ns),

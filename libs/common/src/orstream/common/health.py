@@ -52,7 +52,14 @@ def health_routes(
             since_ns = int(request.query_params.get("since_ns", "0"))
         except ValueError:
             return JSONResponse({"error": "since_ns must be an integer"}, status_code=400)
-        result = stats(since_ns)
+        if request.query_params.get("frames") == "1":
+            if "frames" not in inspect.signature(stats).parameters:
+                return JSONResponse(
+                    {"error": "this service has no per-frame figures"}, status_code=400
+                )
+            result = stats(since_ns, frames=True)  # type: ignore[call-arg]
+        else:
+            result = stats(since_ns)
         if inspect.isawaitable(result):
             result = await result
         return JSONResponse(result)

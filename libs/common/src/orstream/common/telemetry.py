@@ -1,11 +1,12 @@
 """OpenTelemetry set-up and per-hop latency recording.
 
-Traces are sampled (``ORSTREAM_TRACE_SAMPLE_RATIO``, parent-based so a frame's trace is whole or
-absent); metrics are recorded for every frame. Metrics are always readable on the service's
-``/metrics`` (Prometheus text); both signals go out by OTLP/HTTP when the standard ``OTEL_*``
-variables name an endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT`` or the per-signal ones) and the
-signal's exporter is not ``none``. :class:`HopLatency` also keeps a bounded window of recent
-samples so ``/stats`` (and ``orstream bench``) can report percentiles without a metrics backend.
+Frames' traces are sampled (``ORSTREAM_TRACE_SAMPLE_RATIO``, parent-based so a frame's trace is
+whole or absent); requests to a service are always traced; metrics are recorded for every
+frame. Metrics are always readable on the service's ``/metrics`` (Prometheus text); both signals
+go out by OTLP/HTTP when the standard ``OTEL_*`` variables name an endpoint
+(``OTEL_EXPORTER_OTLP_ENDPOINT`` or the per-signal ones) and the signal's exporter is not
+``none``. :class:`HopLatency` also keeps a bounded window of recent samples so ``/stats`` (and
+``orstream bench``) can report percentiles without a metrics backend.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -28,7 +30,16 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -72,6 +83,38 @@ def otlp_enabled(signal: str, environ: Mapping[str, str] = os.environ) -> bool:
     )
 
 
+class _RequestsOrRatio(Sampler):
+    """A new trace: always for a request to the service (a server span, rare and worth
+    seeing), otherwise (frames, datasets) with probability ``ratio``."""
+
+    def __init__(self, ratio: float) -> None:
+        self._requests = ALWAYS_ON
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        sampler = self._requests if kind == SpanKind.SERVER else self._ratio
+        return sampler.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"RequestsOrRatio{{{self._ratio.rate}}}"
+
+
+def frame_sampler(ratio: float) -> Sampler:
+    """Parent-based, so a frame's trace is whole or absent across every service."""
+    return ParentBased(_RequestsOrRatio(ratio))
+
+
 def setup_telemetry(service: str, sample_ratio: float) -> None:
     """Install tracer and meter providers for this process (once; later calls do nothing)."""
     global _tracer_provider, _meter_provider
@@ -80,9 +123,7 @@ def setup_telemetry(service: str, sample_ratio: float) -> None:
     resource = Resource.create(
         {"service.name": f"orstream-{service}", "service.namespace": "orstream"}
     )
-    tracer_provider = TracerProvider(
-        resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio))
-    )
+    tracer_provider = TracerProvider(resource=resource, sampler=frame_sampler(sample_ratio))
     if otlp_enabled("traces"):
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     readers: list[MetricReader] = [PrometheusMetricReader(registry=PROMETHEUS_REGISTRY)]

@@ -176,7 +176,11 @@ class IngestService:
         if isinstance(event, RawFrame | FrameInRing):
             self.frames.received()
             # The frame's trace starts when it was captured, not when this loop got to it.
-            span = tracer.start_span(HOP_INGEST_CAPTURE, start_time=event.capture_ns)
+            span = tracer.start_span(
+                HOP_INGEST_CAPTURE,
+                start_time=event.capture_ns,
+                attributes={"orstream.seq": event.seq},
+            )
             try:
                 if isinstance(event, RawFrame):
                     slot = await loop.run_in_executor(self._writer, self._write, ring, event)
@@ -213,7 +217,6 @@ class IngestService:
         ) as span:
             if span.is_recording():
                 span.set_attribute("orstream.seq", seq)
-                capture_span.set_attribute("orstream.seq", seq)
                 propagate.inject(headers)  # the encoder's spans are children of this one
             notified_ns = time.time_ns()
             note = FrameReady(
@@ -242,9 +245,11 @@ class IngestService:
             seq=context.seq,
             flow=context.flow,
         )
-        await bus.publish(
-            meta_in(self.stream.site, self.stream.room), context.part10, meta.to_headers()
-        )
+        headers = meta.to_headers()
+        with tracer.start_as_current_span("ingest.context") as span:
+            if span.is_recording():
+                propagate.inject(headers)  # metadata.deidentify continues this trace
+            await bus.publish(meta_in(self.stream.site, self.stream.room), context.part10, headers)
         self.counters.add("contexts_out")
         descriptor = self.descriptor
         assert descriptor is not None

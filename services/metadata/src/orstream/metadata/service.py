@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context
 from pydicom.dataset import Dataset
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,10 +32,12 @@ from orstream.common.health import HttpServer, health_routes
 from orstream.common.messages import (
     DICOM_JSON,
     DICOM_PART10,
+    TRACEPARENT,
     ContextMeta,
     MessageError,
     RoleMeta,
 )
+from orstream.common.observability import DEID_ERRORS, HOP_METADATA
 from orstream.common.policy import Policy
 from orstream.common.runner import ServiceContext
 from orstream.common.subjects import all_meta_in, check_token, meta_in_room, meta_role
@@ -48,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: Log the first failure of a kind, then one in this many (the counters keep the full count).
 LOG_EVERY = 100
+SPAN_DEIDENTIFY = "metadata.deidentify"
+tracer = trace.get_tracer("orstream.metadata")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,8 @@ class Arrival:
     stream: str
     capture_ns: int
     read: Callable[[], Dataset]
+    #: The trace the dataset came with (ingest's ``traceparent`` on ``meta.in``), if any.
+    parent: Context | None = None
 
 
 class MetadataService:
@@ -70,7 +78,10 @@ class MetadataService:
     def __init__(self, settings: MetadataSettings) -> None:
         self.settings = settings
         self.counters = Counters("orstream.metadata")
-        self.latency = HopLatency("metadata", {"site": settings.site})
+        self.latency = HopLatency(HOP_METADATA, {"site": settings.site})
+        self._deid_errors = metrics.get_meter("orstream").create_counter(
+            DEID_ERRORS, description="Datasets or role views the de-identification could not make"
+        )
         self.views: ViewSet | None = None
         self.http: HttpServer | None = None
         self.worklist: WorklistPoller | None = None
@@ -115,11 +126,15 @@ class MetadataService:
             meta = ContextMeta.from_headers(msg.headers)
         except (ValueError, MessageError) as exc:
             self._fail("context_rejected", f"{msg.subject}: {exc}")
+            self._count_deid_error("", "rejected")
             return
         data = msg.data
         source = "rtv" if meta.flow else "file"
+        parent = propagate.extract(msg.headers) if TRACEPARENT in (msg.headers or {}) else None
         await self.handle(
-            Arrival(site, room, source, meta.stream, meta.capture_ns, lambda: read_part10(data))
+            Arrival(
+                site, room, source, meta.stream, meta.capture_ns, lambda: read_part10(data), parent
+            )
         )
 
     async def _on_worklist(self, room: str, item: Dataset) -> None:
@@ -180,6 +195,21 @@ class MetadataService:
 
     async def handle(self, arrival: Arrival, raise_errors: bool = False) -> dict[str, str]:
         """Render ``arrival`` for every role and publish; returns each role's outcome."""
+        with tracer.start_as_current_span(
+            SPAN_DEIDENTIFY,
+            context=arrival.parent,
+            attributes={
+                "orstream.site": arrival.site,
+                "orstream.room": arrival.room,
+                "orstream.source": arrival.source,
+            },
+        ) as span:
+            outcome = await self._handle(arrival, raise_errors)
+            for role, result in outcome.items():
+                span.set_attribute(f"orstream.role.{role}", result)
+            return outcome
+
+    async def _handle(self, arrival: Arrival, raise_errors: bool) -> dict[str, str]:
         assert self.views is not None
         assert self._bus is not None
         if self._backlog >= self.settings.max_backlog:
@@ -194,6 +224,7 @@ class MetadataService:
             rendered = await loop.run_in_executor(self._executor, _render, views, arrival.read)
         except ContextError as exc:
             self._fail("datasets_unreadable", f"{arrival.site}/{arrival.room}: {exc}")
+            self._count_deid_error(arrival.room, "unreadable")
             if raise_errors:
                 raise
             return {}
@@ -211,6 +242,7 @@ class MetadataService:
         if item.payload is None:
             self._fail("deid_errors", f"role {item.role!r} gets nothing: {item.error}")
             self.counters.add(f"withheld_{item.role}")
+            self._count_deid_error(arrival.room, "withheld", item.role)
             return "withheld"
         meta = RoleMeta(
             arrival.source,
@@ -224,6 +256,11 @@ class MetadataService:
         await self._bus.publish(subject, item.payload, meta.to_headers())
         self.counters.add(f"published_{item.role}")
         return "published"
+
+    def _count_deid_error(self, room: str, reason: str, role: str = "") -> None:
+        self._deid_errors.add(
+            1, {"site": self.settings.site, "room": room, "reason": reason, "role": role}
+        )
 
     def _fail(self, counter: str, reason: str) -> None:
         self.counters.add(counter)

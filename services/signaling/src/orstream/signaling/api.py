@@ -14,10 +14,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from opentelemetry import metrics
 
 from orstream.common.audit import access_denied, user_authentication
 from orstream.common.audit_trail import AuditTrail
 from orstream.common.messages import StreamDescriptor, StreamState
+from orstream.common.observability import AUTH_DENIALS
 from orstream.common.registry import Registry
 from orstream.common.subjects import StreamId, check_token
 from orstream.common.telemetry import Counters
@@ -57,6 +59,11 @@ class EdgeApi:
     #: Failed authentications per client address (bounds the audit records a flood can cause).
     failures: RateLimiter
     _seen_tokens: dict[str, None] = field(default_factory=dict)
+    _denials: metrics.Counter = field(
+        default_factory=lambda: metrics.get_meter("orstream").create_counter(
+            AUTH_DENIALS, description="Requests refused by authentication or authorization"
+        )
+    )
 
     def client(self, request: Request) -> str:
         return request.client.host if request.client else ""
@@ -72,6 +79,7 @@ class EdgeApi:
             identity = await self.verifier.verify_header(request.headers.get("authorization"))
         except AccessDenied as denied:
             self.counters.add("auth_failures")
+            self._count_denial(denied.status, self.settings.site, "", "authenticate")
             wait = self.failures.check(client)
             if wait is not None:
                 # One address sending bad tokens in a flood: refused as such, and audited at
@@ -93,6 +101,13 @@ class EdgeApi:
             )
         return identity
 
+    def _count_denial(self, status: int, site: str, role: str, action: str) -> None:
+        # Bounded attributes only: the reason text is in the log and the audit trail.
+        self._denials.add(
+            1, {"status": str(status), "site": site or self.settings.site, "role": role,
+                "action": action},
+        )  # fmt: skip
+
     def deny(
         self,
         request: Request,
@@ -104,6 +119,8 @@ class EdgeApi:
         action: str,
     ) -> PlainTextResponse:
         self.counters.add("auth_denials")
+        if identity is not None:  # failed authentications were counted by identify()
+            self._count_denial(denied.status, site, identity.role, action)
         log.info(
             "%s %s refused for %s: %s",
             request.method,

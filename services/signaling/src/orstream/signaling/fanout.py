@@ -18,34 +18,77 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from fractions import Fraction
 
 import av
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import metrics
 
 from orstream.common.bus import Bus
 from orstream.common.messages import AccessUnitMeta, MessageError
+from orstream.common.observability import (
+    EDGE_SENT,
+    HOP_EDGE_RECEIVE,
+    HOP_EDGE_SEND,
+    HOP_EDGE_SEND_PEER10,
+    HOP_VIEWER,
+    KEYFRAME_REQUESTS,
+)
 from orstream.common.subjects import SOURCE_RENDITION, StreamId
-from orstream.common.telemetry import Counters, HopLatency
+from orstream.common.telemetry import HOP_WINDOW, Counters, FrameCounts, HopLatency
+from orstream.signaling.tracing import FrameTrace
 from orstream.signaling.track import DELIVERY_RANK, AccessUnit, AccessUnitTrack, DeliveryLatency
 
 log = logging.getLogger(__name__)
 
 
 class StreamLatency:
-    """The edge's hops for one stream; outlives fan-outs so ``/stats`` keeps its history."""
+    """The edge's hops and counts for one stream rendition; outlives fan-outs so ``/stats``
+    keeps its history."""
 
-    def __init__(self, stream: StreamId) -> None:
-        attrs = {"site": stream.site, "room": stream.room, "stream": stream.stream}
+    def __init__(self, stream: StreamId, rendition: str = SOURCE_RENDITION) -> None:
+        attrs = {
+            "site": stream.site,
+            "room": stream.room,
+            "stream": stream.stream,
+            "rendition": rendition,
+        }
+        self.attributes = attrs
         #: AU published by the encoder → received by the edge.
-        self.bus = HopLatency("nats", attrs)
+        self.bus = HopLatency(HOP_EDGE_RECEIVE, attrs)
         #: AU received by the edge → its last RTP packet sent to its last peer (once per AU).
-        self.send = HopLatency("edge", attrs)
+        self.send = HopLatency(HOP_EDGE_SEND, attrs)
         #: … and to its 10th peer (the budget's figure), beside the last one.
         self.delivery = DeliveryLatency(
-            DELIVERY_RANK, HopLatency(f"edge_peer{DELIVERY_RANK}", attrs), self.send
+            DELIVERY_RANK, HopLatency(HOP_EDGE_SEND_PEER10, attrs), self.send, self._delivered
         )
+        #: Sent to a peer → the peer presented it (sampled frames whose receipt came back).
+        self.viewer = HopLatency(HOP_VIEWER, attrs)
+        self.frames = FrameCounts("edge", attrs)
+        self._sent_bytes = metrics.get_meter("orstream").create_counter(
+            EDGE_SENT, unit="By", description="Media bytes sent to peers (AU payloads)"
+        )
+        #: (capture_ns, last RTP packet to the last peer) per AU, for per-frame joins.
+        self._delivered_at: deque[tuple[int, int]] = deque(maxlen=HOP_WINDOW)
+
+    def _delivered(self, unit: AccessUnit) -> None:
+        self.frames.sent()
+        self._sent_bytes.add(unit.packet.size * unit.peers_sent, self.attributes)
+        self._delivered_at.append((unit.meta.capture_ns, unit.last_sent_ns))
+
+    def delivered_at(self, since_ns: int = 0) -> list[tuple[int, int]]:
+        """``(capture_ns, sent_ns)`` of each AU captured since ``since_ns`` that reached a peer."""
+        return [(c, d) for c, d in list(self._delivered_at) if c >= since_ns]
+
+    def hops(self, since_ns: int = 0) -> dict[str, dict[str, float]]:
+        return {
+            HOP_EDGE_RECEIVE: self.bus.summary(since_ns),
+            HOP_EDGE_SEND: self.send.summary(since_ns),
+            HOP_EDGE_SEND_PEER10: self.delivery.ranked.summary(since_ns),
+            HOP_VIEWER: self.viewer.summary(since_ns),
+        }
 
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
@@ -67,9 +110,19 @@ class StreamFanout:
         self.rendition = rendition
         self.bus = bus
         self.counters = counters
+        self.latency = latency
         self.bus_latency = latency.bus
         self.send_latency = latency.send
         self.delivery = latency.delivery
+        self._keyframe_requests = metrics.get_meter("orstream").create_counter(
+            KEYFRAME_REQUESTS, description="Keyframe requests, by stage and outcome"
+        )
+        self._keyframe_attributes = {
+            "site": stream.site,
+            "room": stream.room,
+            "stream": stream.stream,
+            "stage": "edge",
+        }
         self.tracks: set[AccessUnitTrack] = set()
         self._sub: Subscription | None = None
         self._keyframe_interval_ns = int(keyframe_interval_s * 1e9)
@@ -97,6 +150,7 @@ class StreamFanout:
 
     def attach(self, queue_limit: int) -> AccessUnitTrack:
         track = AccessUnitTrack(queue_limit, self.request_keyframe, self.counters)
+        track.frames = self.latency.frames
         self.tracks.add(track)
         self.request_keyframe()  # a new peer needs an IDR to start
         return track
@@ -104,6 +158,7 @@ class StreamFanout:
     def adopt(self, track: AccessUnitTrack) -> None:
         """Feed a track that another fan-out fed until now (a rendition switch), from an IDR."""
         track.rebind(self.request_keyframe)
+        track.frames = self.latency.frames
         self.tracks.add(track)
         self.request_keyframe()
 
@@ -120,6 +175,7 @@ class StreamFanout:
             self._send_keyframe_request()
             return
         self.counters.add("keyframe_requests_coalesced")
+        self._keyframe_requests.add(1, {**self._keyframe_attributes, "outcome": "coalesced"})
         if self._keyframe_outstanding or self._deferred_request is not None:
             return  # the IDR asked for (or about to be asked for) serves this one too
         self._deferred_request = asyncio.get_running_loop().call_later(
@@ -137,6 +193,7 @@ class StreamFanout:
         self._last_keyframe_request_ns = time.monotonic_ns()
         self._keyframe_outstanding = True
         self.counters.add("keyframe_requests")
+        self._keyframe_requests.add(1, {**self._keyframe_attributes, "outcome": "sent"})
         task = asyncio.get_running_loop().create_task(self.bus.publish(self.stream.keyframe()))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -153,10 +210,12 @@ class StreamFanout:
             meta = AccessUnitMeta.from_headers(msg.headers)
         except MessageError as exc:
             self.counters.add("aus_malformed")
+            self.latency.frames.dropped("malformed")
             log.warning("%s: %s", msg.subject, exc)
             return
         self.bus_latency.record((received_ns - meta.published_ns) / 1e6, meta.capture_ns)
         self.counters.add("aus_in")
+        self.latency.frames.received()
         if meta.key:
             self._keyframe_arrived()
         if not self.tracks:
@@ -167,6 +226,9 @@ class StreamFanout:
         packet.time_base = VIDEO_TIME_BASE
         if meta.key:
             packet.is_keyframe = True
-        unit = AccessUnit(packet, meta, received_ns, self.delivery)
+        trace = FrameTrace.of(meta, received_ns, self.latency.attributes)
+        unit = AccessUnit(packet, meta, received_ns, self.delivery, trace)
         for track in self.tracks:
             track.push(unit)
+        if unit.pending == 0:  # no peer took it (all waiting for a keyframe): settled already
+            unit.settle()

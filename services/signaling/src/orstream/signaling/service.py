@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from orstream.common.audit_trail import AuditTrail
 from orstream.common.health import HttpServer, health_routes
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 #: this rate, not per request): enough for people mistyping, not for a flood.
 FAILED_AUTH_RATE_PER_S = 1.0
 FAILED_AUTH_BURST = 20
+#: Probes, scrapes and ``/stats`` polls get no span (a regex list, as the instrumentation takes).
+UNTRACED_PATHS = "/livez,/readyz,/metrics,/stats"
 
 
 class SignalingService:
@@ -105,6 +108,8 @@ class SignalingService:
         )
         app.include_router(build_router(api))
         app.router.routes.extend(health_routes(self.ready, self.stats))
+        # A span per API request (WHEP offers, room lists), not per probe or scrape.
+        FastAPIInstrumentor.instrument_app(app, excluded_urls=UNTRACED_PATHS)
         self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
         await self.http.start()
         ctx.stack.push_async_callback(self.sessions.close_all)
@@ -114,21 +119,20 @@ class SignalingService:
     def ready(self) -> bool:
         return self.http is not None and self.sessions is not None and self.sessions.bus.connected
 
-    def stats(self, since_ns: int) -> dict[str, Any]:
+    def stats(self, since_ns: int, frames: bool = False) -> dict[str, Any]:
+        """Sessions, per stream rendition peers and hops (with ``frames``: each AU's capture
+        and last-packet-sent times, for per-frame joins by ``orstream bench latency``)."""
         streams: dict[str, Any] = {}
         if self.sessions is not None:
-            for stream, latency in self.sessions.latency.items():
-                renditions = {
-                    rendition: len(fanout.tracks)
-                    for (s, rendition), fanout in self.sessions.fanouts.items()
-                    if s == stream
-                }
-                streams[str(stream)] = {
-                    "peers": sum(renditions.values()),
-                    "renditions": renditions,
-                    "nats": latency.bus.summary(since_ns),
-                    "edge": latency.send.summary(since_ns),
-                }
+            for (stream, rendition), latency in self.sessions.latency.items():
+                fanout = self.sessions.fanouts.get((stream, rendition))
+                peers = len(fanout.tracks) if fanout is not None else 0
+                entry = streams.setdefault(str(stream), {"peers": 0, "renditions": {}})
+                entry["peers"] += peers
+                detail: dict[str, Any] = {"peers": peers, "hops": latency.hops(since_ns)}
+                if frames:
+                    detail["frames"] = latency.delivered_at(since_ns)
+                entry["renditions"][rendition] = detail
         return {
             "sessions": len(self.sessions.sessions) if self.sessions else 0,
             "session_detail": [

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +30,13 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidAccessError, OperationError
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from orstream.common.audit import access_denied, session_started, session_stopped
 from orstream.common.audit_trail import AuditTrail
 from orstream.common.bus import Bus
+from orstream.common.observability import EDGE_PEERS
 from orstream.common.subjects import SOURCE_RENDITION, StreamId
 from orstream.common.telemetry import Counters
 from orstream.signaling.annotations import ANNOTATIONS_CHANNEL, AnnotationSender, RoomAnnotations
@@ -45,8 +49,9 @@ from orstream.signaling.offer import OfferRejected, validate_offer
 from orstream.signaling.remb import record_remb
 from orstream.signaling.rendition import Ladders, RenditionChooser
 from orstream.signaling.settings import SignalingSettings
-from orstream.signaling.stats import STATS_CHANNEL, SessionStats
-from orstream.signaling.track import AccessUnitTrack
+from orstream.signaling.stats import STATS_CHANNEL, SessionStats, TracedFrame
+from orstream.signaling.tracing import ReceiptTraces
+from orstream.signaling.track import AccessUnit, AccessUnitTrack
 from orstream.signaling.turn import edge_ice_servers
 
 log = logging.getLogger(__name__)
@@ -99,6 +104,8 @@ class PeerSession:
     patient: str = ""
     #: Room feeds this session holds a share of (``metadata``, ``annotations``).
     joined: set[str] = field(default_factory=set)
+    #: Sampled frames sent to this peer, awaiting its receipt (``viewer.receipt`` spans).
+    traces: ReceiptTraces | None = None
 
     @property
     def streams(self) -> list[str]:
@@ -160,7 +167,10 @@ class SessionManager:
         self.audit = audit
         self.sessions: dict[str, PeerSession] = {}
         self.fanouts: dict[FanoutKey, StreamFanout] = {}
-        self.latency: dict[StreamId, StreamLatency] = {}
+        self.latency: dict[FanoutKey, StreamLatency] = {}
+        metrics.get_meter("orstream").create_observable_gauge(
+            EDGE_PEERS, [self._observe_peers], description="Peers watching, per stream rendition"
+        )
         self.ladders = Ladders(bus)
         self._closing: set[asyncio.Task[Any]] = set()
         self.role_metadata: dict[RoomRole, RoleMetadata] = {}
@@ -202,6 +212,7 @@ class SessionManager:
         wanted = sum(1 for m in description.media if m.kind == "video")
         pc = RTCPeerConnection(configuration(edge_ice_servers(self.settings, identity.expires_at)))
         session = PeerSession(secrets.token_urlsafe(18), identity, site, room, pc, client)
+        session.traces = ReceiptTraces(session.id[:8], identity.role)
         try:
             for name in streams[:wanted]:
                 stream = StreamId(site, room, name)
@@ -214,6 +225,7 @@ class SessionManager:
                 # binds to it and only H.264 (what the encoder sends) can be negotiated.
                 transceiver = pc.addTransceiver(track, direction="sendonly")
                 feed = StreamFeed(stream, track, fanout, transceiver.sender, chooser)
+                track.on_traced = functools.partial(self._traced_sent, session, feed)
                 session.feeds.append(feed)
                 self._hook_sender(transceiver, track)
             await self._join_room(session)
@@ -360,9 +372,45 @@ class SessionManager:
 
         channel.on("message", on_message)
 
+    def _observe_peers(self, _: CallbackOptions) -> Iterable[Observation]:
+        for (stream, rendition), fanout in list(self.fanouts.items()):
+            attributes = {
+                "site": stream.site,
+                "room": stream.room,
+                "stream": stream.stream,
+                "rendition": rendition,
+            }
+            yield Observation(len(fanout.tracks), attributes)
+
+    def _traced_sent(
+        self, session: PeerSession, feed: StreamFeed, unit: AccessUnit, sent_ns: int
+    ) -> None:
+        """A sampled frame went to this peer: ask it (``stats`` channel) when it shows it."""
+        if unit.trace is None or session.traces is None or not session.stats:
+            return
+        session.traces.sent(
+            feed.stream.stream,
+            unit.meta.seq,
+            unit.trace,
+            sent_ns,
+            unit.meta.capture_ns,
+            feed.fanout.latency.viewer,
+        )
+        session.stats[0].request_trace(feed.stream.stream, unit.meta.seq)
+
     def _attach_stats(self, session: PeerSession, channel: Any) -> None:
+        traces = session.traces
+
+        def on_traced(frame: TracedFrame) -> bool:
+            presented_ns = int(frame.presented_ms * 1e6)
+            return traces is not None and traces.received(frame.stream, frame.seq, presented_ns)
+
         stats = SessionStats(
-            channel, session.snapshot, self.settings.stats_interval_s, self.counters
+            channel,
+            session.snapshot,
+            self.settings.stats_interval_s,
+            self.counters,
+            on_traced,
         )
         session.stats.append(stats)
         stats.start()
@@ -465,7 +513,9 @@ class SessionManager:
     async def _fanout(self, stream: StreamId, rendition: str) -> StreamFanout:
         fanout = self.fanouts.get((stream, rendition))
         if fanout is None:
-            latency = self.latency.setdefault(stream, StreamLatency(stream))
+            latency = self.latency.get((stream, rendition))
+            if latency is None:
+                latency = self.latency[(stream, rendition)] = StreamLatency(stream, rendition)
             fanout = StreamFanout(
                 stream,
                 self.bus,

@@ -4,6 +4,8 @@
 
     edge ──{"type":"stats","seq":n,"ts_ns":…, <snapshot>}──► peer     every interval_s
     edge ◄──{"type":"receipt","frames":n,"decode_ms":…}───── peer     kept as last_report
+    edge ──{"type":"trace","stream":s,"seq":n}──────────────► peer     a sampled frame was sent
+    edge ◄──{"type":"receipt",…,"traced":[{"stream","seq","presented_ms"}]}  when it showed it
 
 The edge supplies the numbers as a ``snapshot()`` callable (plain or async): rendition, AUs
 sent and dropped, queue depth, RTT and loss from RTCP (:func:`rtcp_numbers` reads them from an
@@ -44,6 +46,18 @@ RTCP_FRACTION_SCALE = 256.0
 Snapshot = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 Millis = Annotated[float, Meta(ge=0.0, le=3_600_000.0)]
 Count = Annotated[int, Meta(ge=0, le=2**53)]
+#: Wall-clock time in ms since the epoch (a browser's ``performance.timeOrigin + now()``).
+EpochMillis = Annotated[float, Meta(gt=0.0, lt=1e14)]
+#: Traced frames one receipt may answer.
+MAX_TRACED = 16
+
+
+class TracedFrame(msgspec.Struct, frozen=True):
+    """The peer presented (decoded, or displayed) frame ``seq`` of ``stream`` at a time."""
+
+    stream: Annotated[str, Meta(max_length=64)]
+    seq: Count
+    presented_ms: EpochMillis
 
 
 class Receipt(msgspec.Struct, tag="receipt", tag_field="type", kw_only=True, frozen=True):
@@ -55,11 +69,22 @@ class Receipt(msgspec.Struct, tag="receipt", tag_field="type", kw_only=True, fro
     decode_p95_ms: Millis | None = None
     glass_to_glass_ms: Millis | None = None
     glass_to_glass_p95_ms: Millis | None = None
+    #: Frames the edge asked about (``trace``) that the peer has presented since.
+    traced: Annotated[list[TracedFrame], Meta(max_length=MAX_TRACED)] | None = None
     #: Set by the edge when the receipt arrived (wall clock).
     received_ns: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        out.pop("traced", None)  # answered once; /stats shows the figures
+        return out
+
+
+class TraceRequest(msgspec.Struct, tag="trace", tag_field="type", frozen=True):
+    """Please say when you present this frame (it is part of a sampled trace)."""
+
+    stream: str
+    seq: int
 
 
 class StatsError(msgspec.Struct, tag="error", tag_field="type", frozen=True):
@@ -97,7 +122,12 @@ class SessionStats:
     """One session's ``stats`` channel: a report every ``interval_s`` while it is open."""
 
     def __init__(
-        self, channel: Any, snapshot: Snapshot, interval_s: float, counters: Counters
+        self,
+        channel: Any,
+        snapshot: Snapshot,
+        interval_s: float,
+        counters: Counters,
+        on_traced: Callable[[TracedFrame], bool] | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, not {interval_s}")
@@ -105,6 +135,8 @@ class SessionStats:
         self.snapshot = snapshot
         self.interval_s = interval_s
         self.counters = counters
+        #: Given each traced frame a receipt answers; False: not one the edge waits for.
+        self.on_traced = on_traced
         #: The peer's newest valid receipt, stamped with when it arrived.
         self.last_report: Receipt | None = None
         self._closed = asyncio.Event()
@@ -146,6 +178,14 @@ class SessionStats:
             return
         self.last_report = msgspec.structs.replace(receipt, received_ns=time.time_ns())
         self.counters.add("stats_receipts")
+        for frame in receipt.traced or ():
+            matched = self.on_traced is not None and self.on_traced(frame)
+            self.counters.add("traced_receipts" if matched else "traced_receipts_unmatched")
+
+    def request_trace(self, stream: str, seq: int) -> None:
+        """Ask the peer when it presents ``seq`` of ``stream`` (a sampled frame)."""
+        if self.channel.readyState == "open":
+            self._send(_ENCODER.encode(TraceRequest(stream, seq)).decode(), "trace_requests")
 
     async def _report_until_closed(self) -> None:
         seq = 0

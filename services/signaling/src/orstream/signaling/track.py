@@ -18,14 +18,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from orstream.common.messages import AccessUnitMeta
-from orstream.common.telemetry import Counters, HopLatency
+from orstream.common.telemetry import Counters, FrameCounts, HopLatency
+
+if TYPE_CHECKING:
+    from orstream.signaling.tracing import FrameTrace
 
 #: Each AU's delivery is timed to this many peers (the budget's "10th peer").
 DELIVERY_RANK = 10
@@ -43,12 +46,15 @@ class DeliveryLatency:
     rank: int
     ranked: HopLatency
     last: HopLatency
+    #: Called once per AU that reached at least one peer, when every peer is done with it.
+    delivered: Callable[[AccessUnit], None] | None = None
 
 
 class AccessUnit:
     """One encoded AU as the edge received it, shared by every peer of its fan-out."""
 
     __slots__ = (
+        "_dropped",
         "_last_sent_ns",
         "_pending",
         "_sent",
@@ -57,6 +63,7 @@ class AccessUnit:
         "packet",
         "received_ns",
         "rtp",
+        "trace",
     )
 
     def __init__(
@@ -65,26 +72,42 @@ class AccessUnit:
         meta: AccessUnitMeta,
         received_ns: int,
         delivery: DeliveryLatency | None = None,
+        trace: FrameTrace | None = None,
     ) -> None:
         self.packet = packet
         self.meta = meta
         self.received_ns = received_ns
         self.delivery = delivery
+        #: The spans of a sampled frame (``edge.send`` stays open until every peer is done).
+        self.trace = trace
         #: The RTP payloads of this AU, set by the first peer's packetizer for the others.
         self.rtp: RtpPayloads | None = None
         self._pending = 0  # peers that queued it and have neither sent nor dropped it
         self._sent = 0
+        self._dropped = 0
         self._last_sent_ns = 0
+
+    @property
+    def pending(self) -> int:
+        """Peers that queued this AU and have neither sent nor dropped it."""
+        return self._pending
+
+    @property
+    def peers_sent(self) -> int:
+        return self._sent
+
+    @property
+    def last_sent_ns(self) -> int:
+        return self._last_sent_ns
 
     def queued(self) -> None:
         self._pending += 1
 
     def dropped(self) -> None:
         self._pending -= 1
-        if not self._pending and self._sent and self.delivery is not None:
-            self.delivery.last.record(
-                (self._last_sent_ns - self.received_ns) / 1e6, self.meta.capture_ns
-            )
+        self._dropped += 1
+        if not self._pending:
+            self.settle()
 
     def sent(self, done_ns: int) -> None:
         """A peer's sender has sent this AU's last RTP packet at ``done_ns``."""
@@ -92,13 +115,21 @@ class AccessUnit:
         self._sent += 1
         self._last_sent_ns = done_ns
         delivery = self.delivery
-        if delivery is None:
-            return
-        latency_ms = (done_ns - self.received_ns) / 1e6
-        if self._sent == delivery.rank:
-            delivery.ranked.record(latency_ms, self.meta.capture_ns)
+        if delivery is not None and self._sent == delivery.rank:
+            delivery.ranked.record((done_ns - self.received_ns) / 1e6, self.meta.capture_ns)
         if not self._pending:
-            delivery.last.record(latency_ms, self.meta.capture_ns)
+            self.settle()
+
+    def settle(self) -> None:
+        """Every peer that queued this AU has sent or dropped it (or none queued it)."""
+        if self.trace is not None:
+            self.trace.sent(self._last_sent_ns or time.time_ns(), self._sent, self._dropped)
+        delivery = self.delivery
+        if not self._sent or delivery is None:
+            return
+        delivery.last.record((self._last_sent_ns - self.received_ns) / 1e6, self.meta.capture_ns)
+        if delivery.delivered is not None:
+            delivery.delivered(self)
 
 
 class AccessUnitTrack(MediaStreamTrack):
@@ -121,6 +152,10 @@ class AccessUnitTrack(MediaStreamTrack):
         self.in_flight: AccessUnit | None = None
         #: The peer's receiver estimated maximum bitrate (REMB), bit/s; 0 until it says.
         self.remb_bps = 0
+        #: Told when this peer has been sent a sampled (traced) AU, with when.
+        self.on_traced: Callable[[AccessUnit, int], None] | None = None
+        #: The feeding fan-out's frame counts, where this peer's drops are counted.
+        self.frames: FrameCounts | None = None
 
     @property
     def queued(self) -> int:
@@ -142,18 +177,26 @@ class AccessUnitTrack(MediaStreamTrack):
         if self._need_keyframe:
             if not unit.meta.key:
                 self._counters.add("aus_skipped_waiting_keyframe")
+                self._count_dropped("awaiting_keyframe", 1)
                 return
             self._need_keyframe = False
         if len(self._queue) >= self._limit:
-            self._counters.add("aus_dropped_slow_peer", self._drop_queue())
+            dropped = self._drop_queue()
+            self._counters.add("aus_dropped_slow_peer", dropped)
+            self._count_dropped("slow_peer", dropped)
             if not unit.meta.key:
                 self._need_keyframe = True
                 self._request_keyframe()
                 self._counters.add("aus_skipped_waiting_keyframe")
+                self._count_dropped("awaiting_keyframe", 1)
                 return
         unit.queued()
         self._queue.append(unit)
         self._ready.set()
+
+    def _count_dropped(self, reason: str, count: int) -> None:
+        if self.frames is not None and count:
+            self.frames.dropped(reason, count)
 
     def keyframe_needed(self) -> None:
         """The peer lost the picture (PLI/FIR): ask the encoder for an IDR."""
@@ -163,7 +206,10 @@ class AccessUnitTrack(MediaStreamTrack):
         # aiortc calls recv() again right after the previous AU's last RTP packet went out:
         # that moment is when this peer has had the previous AU.
         if self.in_flight is not None:
-            self.in_flight.sent(time.time_ns())
+            done_ns = time.time_ns()
+            self.in_flight.sent(done_ns)
+            if self.in_flight.trace is not None and self.on_traced is not None:
+                self.on_traced(self.in_flight, done_ns)
             self.in_flight = None
         while not self._queue:
             if self.readyState != "live":

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 WHEP_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 15.0
+#: Open trace requests kept (the edge asks about sampled frames only: a few a second at most).
+MAX_TRACE_REQUESTS = 64
+#: A trace request may arrive after its frame was decoded: frames looked back over.
+TRACE_LOOKBACK = 16
 
 
 class MarkerJitterBuffer(JitterBuffer):
@@ -141,6 +145,10 @@ class Probe:
         self.channel_labels = tuple(dict.fromkeys((("metadata",) if metadata else ()) + channels))
         self.channels: dict[str, Any] = {}
         self.received: dict[str, list[str | bytes]] = {label: [] for label in self.channel_labels}
+        #: Frames the edge asked about on the ``stats`` channel (sampled traces): (stream, seq).
+        self.trace_requests: set[tuple[str, int]] = set()
+        #: Those this probe answered (its receipt said when it decoded them).
+        self.traced_answered: list[tuple[str, int]] = []
         self.message_arrived = asyncio.Event()
         self.metadata: list[MetadataMessage] = []
         self.metadata_arrived = asyncio.Event()
@@ -154,6 +162,8 @@ class Probe:
         self._tracks: list[object] = []
         self._track_ready: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._http = httpx.AsyncClient(timeout=WHEP_TIMEOUT_S)
+        #: When each recent frame (by seq) was decoded, for trace requests that come after it.
+        self._decoded_ns: dict[int, int] = {}
 
     async def __aenter__(self) -> Probe:
         try:
@@ -178,6 +188,30 @@ class Probe:
             if label == "metadata":
                 self.metadata.append(MetadataMessage(json.loads(text), received_ns))
                 self.metadata_arrived.set()
+            elif label == "stats":
+                self._on_stats(text)
+
+    def _on_stats(self, text: str | bytes) -> None:
+        """The edge asks about a sampled frame: answer once it is decoded (see ``measure``)."""
+        try:
+            message = json.loads(text)
+            if message.get("type") == "trace":
+                request = (str(message["stream"]), int(message["seq"]))
+            else:
+                return
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        if len(self.trace_requests) < MAX_TRACE_REQUESTS:
+            self.trace_requests.add(request)
+
+    def _answer_trace(self, stream: str, seq: int, decoded_ns: int) -> None:
+        channel = self.channels.get("stats")
+        if channel is None or channel.readyState != "open":
+            return
+        self.trace_requests.discard((stream, seq))
+        traced = {"stream": stream, "seq": seq, "presented_ms": decoded_ns / 1e6}
+        channel.send(json.dumps({"type": "receipt", "frames": 1, "traced": [traced]}))
+        self.traced_answered.append((stream, seq))
 
     async def connect(self) -> None:
         for _ in range(self.video):
@@ -244,6 +278,15 @@ class Probe:
                 self.result.frames_unreadable += 1
                 continue
             self.result.samples.append(FrameSample(tc.seq, tc.capture_ns, received_ns))
+            if self.trace_requests:
+                name = stream or (self.streams[0] if self.streams else "")
+                # The edge's request may come just after the frame: look back a little.
+                for seq in range(tc.seq - TRACE_LOOKBACK, tc.seq + 1):
+                    if (name, seq) in self.trace_requests:
+                        self._answer_trace(name, seq, self._decoded_ns.get(seq, received_ns))
+            self._decoded_ns[tc.seq] = received_ns
+            if len(self._decoded_ns) > TRACE_LOOKBACK * 2:
+                self._decoded_ns.pop(next(iter(self._decoded_ns)))
             if max_frames is not None and self.result.frames_decoded >= max_frames:
                 break
         return self.result
