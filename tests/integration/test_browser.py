@@ -52,6 +52,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[S
     )
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ORSTREAM_STATE_DIR", str(tmp / "state"))  # where make_token finds the key
+        # Some frames traced, so the page answers the edge's trace requests (viewer.receipt).
+        env.setenv("ORSTREAM_TRACE_SAMPLE_RATIO", "0.2")
         with Stack(config) as s:
             yield s
 
@@ -143,6 +145,16 @@ def test_a_student_watches_the_room_with_only_deidentified_context(
             time.sleep(0.5)
         assert receipts and receipts[0]["frames"] > 0, detail
         assert 0 < receipts[0]["glass_to_glass_ms"] < 2000, receipts[0]
+        # Sampled frames: the page said when it showed each one the edge asked about, which
+        # becomes the edge's "viewer" hop (sent → shown) and the trace's viewer.receipt span.
+        deadline = time.monotonic() + 10
+        viewer: dict[str, Any] = {"n": 0}
+        while time.monotonic() < deadline and not viewer["n"]:
+            edge = stack.stats("signaling")
+            viewer = edge["streams"][stack.stream.key]["renditions"]["src"]["hops"]["viewer"]
+            time.sleep(0.5)
+        assert viewer["n"] > 0, edge["counters"]
+        assert 0 < viewer["p50"] < 1000, viewer
         assert page.is_hidden("#tools"), "students may not draw"
         assert page.is_visible("#chat"), "students may chat"
         assert page.external_requests == [], "no CDN: hospital networks are closed"

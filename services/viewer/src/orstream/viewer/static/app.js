@@ -249,6 +249,9 @@ class Viewer {
       if (message.type === "chat") this.chat.append(message);
       else if (message.type === "error") this.chat.note(`Refused: ${message.reason}`);
       else this.telestration.receive(message);
+    } else if (channel === "stats" && message.type === "trace") {
+      // A sampled frame's trace: the tile answers when it showed it (viewer.receipt).
+      this.stage.tile(message.stream)?.quality?.traceFrame(message.seq);
     } else if (channel === "stats" && message.type === "stats") {
       this.edgeStats = message;
       for (const [stream, s] of Object.entries(message.streams || {})) {

@@ -10,6 +10,10 @@ const PAINT_MS = 250;
 // a software-rendered wall display), so a tile reads it ten times a second; every frame only
 // when a benchmark collects samples (globalThis.orstreamSamples).
 const READ_INTERVAL_MS = 100;
+// The edge asks about a sampled frame (a trace request): read every frame until it is shown,
+// for at most this long (it may have been dropped), and answer in the next receipt.
+const TRACE_WAIT_MS = 3000;
+const MAX_TRACED = 16;        // the edge's limit per receipt
 
 function quantile(sorted, q) {
   if (!sorted.length) return null;
@@ -33,6 +37,8 @@ export class Quality {
     this.prev = null;             // previous inbound-rtp report, for rates
     this._painted = 0;
     this._read = 0;
+    this.traceWanted = new Map();  // seq → when asked (performance.now())
+    this.traced = [];              // answers for the next receipt
     this._stopped = false;
     this._onFrame = this._onFrame.bind(this);
     tile.video.requestVideoFrameCallback(this._onFrame);
@@ -47,16 +53,28 @@ export class Quality {
     this.latencies = [];
   }
 
+  /** The edge traces frame ``seq`` of this stream: say when it is shown. */
+  traceFrame(seq) {
+    if (this.traceWanted.size < MAX_TRACED) this.traceWanted.set(seq, performance.now());
+  }
+
   _onFrame(now, metadata) {
     if (this._stopped) return;
     const video = this.tile.video;
     this.framesSinceReceipt += 1;
-    if (video.videoWidth && (globalThis.orstreamSamples || now - this._read >= READ_INTERVAL_MS)) {
+    for (const [seq, asked] of this.traceWanted) {
+      if (now - asked > TRACE_WAIT_MS) this.traceWanted.delete(seq);
+    }
+    const tracing = this.traceWanted.size > 0;
+    if (video.videoWidth && (tracing || globalThis.orstreamSamples || now - this._read >= READ_INTERVAL_MS)) {
       this._read = now;
       const tc = readTimecode(video, this.canvas, this.ctx);
       if (tc) {
         // Capture → when the compositor is expected to show this frame.
         const shownMs = performance.timeOrigin + metadata.expectedDisplayTime;
+        if (this.traceWanted.delete(tc.seq) && this.traced.length < MAX_TRACED) {
+          this.traced.push({ stream: this.tile.stream, seq: tc.seq, presented_ms: shownMs });
+        }
         const latency = shownMs - tc.captureMs;
         this.timecode = true;
         this.lastSeq = tc.seq;
@@ -121,7 +139,9 @@ export class Quality {
       glass: sorted.length ? { p50: quantile(sorted, 0.5), p95: quantile(sorted, 0.95) } : null,
       decodeMs: this.stats.decodeMs > 0 ? this.stats.decodeMs : null,
       dropped: this.stats.droppedSince ?? 0,
+      traced: this.traced,
     };
+    this.traced = [];
     this.unreported = [];
     this.framesSinceReceipt = 0;
     return receipt;
@@ -162,5 +182,7 @@ export function sessionReceipt(receipts) {
   }
   const decode = receipts.map((r) => r.decodeMs).filter((d) => d != null);
   if (decode.length) receipt.decode_ms = Math.max(...decode);
+  const traced = receipts.flatMap((r) => r.traced || []).slice(0, MAX_TRACED);
+  if (traced.length) receipt.traced = traced;
   return receipt;
 }
