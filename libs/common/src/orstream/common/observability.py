@@ -64,7 +64,9 @@ EDGE_SENT: Final = "orstream.edge.sent"
 #: Counter: keyframe requests; stage (edge: asked of the encoder; encoder: forced IDRs),
 #: site, room, stream, and at the edge outcome (sent, coalesced).
 KEYFRAME_REQUESTS: Final = "orstream.keyframe.requests"
-#: Counter: contexts the de-identification engine refused or failed on; site, room, reason.
+#: Counter: contexts the de-identification engine refused or failed on; site, room, reason
+#: (rejected, unreadable, withheld) and for a withheld view the role.
 DEID_ERRORS: Final = "orstream.metadata.deid.errors"
-#: Counter: requests refused by authentication or authorization; status (401, 403), reason.
+#: Counter: requests refused by authentication or authorization; status (401, 403, 429), site,
+#: role and action (authenticate, watch). The reason is in the log and the audit trail only.
 AUTH_DENIALS: Final = "orstream.edge.auth.denials"
