@@ -352,10 +352,9 @@ def format_table(report: HopReport) -> str:
     if report.glass_to_glass is not None:
         lines.append(row("glass-to-glass", report.glass_to_glass))
     lines.append("(the hops' means add up to the total; their percentiles only roughly do)")
-    extras = {h: s for h, s in report.extras.items() if s.get("n")}
-    if extras:
+    if report.extras:
         lines.append("beside the path (not in the sum):")
-        lines.extend(row(f"  {hop}", s) for hop, s in extras.items())
+        lines.extend(row(f"  {hop}", s) for hop, s in report.extras.items())
     return "\n".join(lines)
 
 
