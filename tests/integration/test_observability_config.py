@@ -575,6 +575,14 @@ async def test_every_queried_metric_is_exported_by_the_services(
             stack.whep_url(), content="v=0", headers={"Content-Type": "application/sdp"}
         )
         assert denied.status_code == 401, denied.text
+        # … and one refused for its role: a token for another room of the site.
+        other_room = make_token("student", [f"{site}/elsewhere"])
+        forbidden = await http.post(
+            stack.whep_url(),
+            content="v=0",
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {other_room}"},
+        )
+        assert forbidden.status_code == 403, forbidden.text
     async with Probe(stack.whep_url(), token) as probe:
         await probe.measure(seconds=3.0)
         stats = await probe.pc.getStats()
@@ -605,7 +613,7 @@ async def test_every_queried_metric_is_exported_by_the_services(
             f"{metric} has no {label} (needed by {expr})"
             for expr in expressions(dashboard)
             for metric, label in labels_needed(expr)
-            if not any(label in s for s in samples[metric])
+            if not any(s.get(label) for s in samples[metric])  # a value, not the filler ""
         }
     )
     assert not unlabelled, "\n".join(unlabelled)

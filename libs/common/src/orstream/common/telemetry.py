@@ -67,6 +67,8 @@ LATENCY_BUCKETS_MS = (
 )  # fmt: skip
 #: The service's Prometheus registry, served on ``/metrics``.
 PROMETHEUS_REGISTRY = CollectorRegistry(auto_describe=True)
+#: How long the last export at shutdown may take, per signal.
+SHUTDOWN_EXPORT_MS = 2000
 _tracer_provider: TracerProvider | None = None
 _meter_provider: MeterProvider | None = None
 
@@ -144,13 +146,16 @@ def setup_telemetry(service: str, sample_ratio: float) -> None:
 
 
 def shutdown_telemetry() -> None:
-    """Export what is still buffered (the last spans and metrics) before the process exits."""
-    for provider in (_tracer_provider, _meter_provider):
-        if provider is not None:
-            try:
-                provider.shutdown()
-            except Exception as exc:  # an unreachable collector must not fail the shutdown
-                log.warning("telemetry export at shutdown failed: %s", exc)
+    """Export what is still buffered (the last spans and metrics) before the process exits,
+    within a bound: an unreachable collector must not hold up a stop past its grace period."""
+    try:
+        if _tracer_provider is not None:
+            _tracer_provider.force_flush(SHUTDOWN_EXPORT_MS)
+            _tracer_provider.shutdown()
+        if _meter_provider is not None:
+            _meter_provider.shutdown(timeout_millis=SHUTDOWN_EXPORT_MS)
+    except Exception as exc:
+        log.warning("telemetry export at shutdown failed: %s", exc)
 
 
 def prometheus_text() -> bytes:

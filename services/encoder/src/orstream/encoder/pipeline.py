@@ -317,6 +317,7 @@ class StreamPipeline:
                         r.close()
                 if not active:
                     self.counters.add("frames_unwatched")
+                    self.frames.dropped("unwatched")
                     continue
                 if reader is None or misses >= REATTACH_AFTER_MISSES:
                     if reader is not None:

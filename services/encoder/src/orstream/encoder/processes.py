@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
 STATS_TIMEOUT_S = 2.0
+#: A control line may carry the worker's whole Prometheus text (tens of kB per rendition).
+CONTROL_LINE_LIMIT = 8 * 1024 * 1024
 #: A worker that ran this long before dying starts the backoff afresh.
 HEALTHY_RUN_S = 10.0
 
@@ -102,6 +104,7 @@ class WorkerProcess:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 preexec_fn=die_with_parent,
+                limit=CONTROL_LINE_LIMIT,
             )
         except OSError as exc:
             log.error("%s: cannot start a worker: %s", self.stream, exc)
@@ -110,7 +113,17 @@ class WorkerProcess:
             self._proc.terminate()
         log.info("%s: worker pid %d started", self.stream, self._proc.pid)
         assert self._proc.stdout is not None
-        while line := await self._proc.stdout.readline():
+        while True:
+            try:
+                line = await self._proc.stdout.readline()
+            except ValueError:  # a line past the limit: skip it, keep supervising
+                self.counters.add("worker_lines_too_long")
+                log.warning(
+                    "%s: worker wrote a line over %d bytes", self.stream, CONTROL_LINE_LIMIT
+                )
+                continue
+            if not line:
+                break
             self._on_line(line)
         code = await self._proc.wait()
         self.up = False

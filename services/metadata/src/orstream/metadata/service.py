@@ -21,6 +21,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 from pydicom.dataset import Dataset
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 #: Log the first failure of a kind, then one in this many (the counters keep the full count).
 LOG_EVERY = 100
 SPAN_DEIDENTIFY = "metadata.deidentify"
+CONTEXT_ROUTE = "/api/v1/rooms/{site}/{room}/context"
 tracer = trace.get_tracer("orstream.metadata")
 
 
@@ -100,7 +102,7 @@ class MetadataService:
         app = Starlette(
             routes=[
                 *health_routes(self.ready, self.stats),
-                Route("/api/v1/rooms/{site}/{room}/context", self._post_context, methods=["POST"]),
+                Route(CONTEXT_ROUTE, self._post_context, methods=["POST"]),
             ]
         )
         self.http = HttpServer(app, self.settings.health_host, self.settings.health_port)
@@ -144,6 +146,18 @@ class MetadataService:
         )
 
     async def _post_context(self, request: Request) -> Response:
+        """The REST intake; a request is always traced (a server span), and the dataset's
+        de-identification is its child."""
+        with tracer.start_as_current_span(
+            "POST /api/v1/rooms/{site}/{room}/context",
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "POST", "http.route": CONTEXT_ROUTE},
+        ) as span:
+            response = await self._accept_context(request)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    async def _accept_context(self, request: Request) -> Response:
         expected = self.settings.context_api_key
         if expected is None:
             return _refuse(503, "REST context intake is off (set ORSTREAM_CONTEXT_API_KEY)")

@@ -79,7 +79,7 @@ class EdgeApi:
             identity = await self.verifier.verify_header(request.headers.get("authorization"))
         except AccessDenied as denied:
             self.counters.add("auth_failures")
-            self._count_denial(denied.status, self.settings.site, "", "authenticate")
+            self._count_denial(denied.status, "", "authenticate")
             wait = self.failures.check(client)
             if wait is not None:
                 # One address sending bad tokens in a flood: refused as such, and audited at
@@ -101,12 +101,13 @@ class EdgeApi:
             )
         return identity
 
-    def _count_denial(self, status: int, site: str, role: str, action: str) -> None:
-        # Bounded attributes only: the reason text is in the log and the audit trail.
+    def _count_denial(self, status: int, role: str, action: str) -> None:
+        # Bounded attributes only: this edge's site (not the one the URL names), the role from
+        # a verified token; the reason text is in the log and the audit trail.
         self._denials.add(
-            1, {"status": str(status), "site": site or self.settings.site, "role": role,
-                "action": action},
-        )  # fmt: skip
+            1,
+            {"status": str(status), "site": self.settings.site, "role": role, "action": action},
+        )
 
     def deny(
         self,
@@ -120,7 +121,7 @@ class EdgeApi:
     ) -> PlainTextResponse:
         self.counters.add("auth_denials")
         if identity is not None:  # failed authentications were counted by identify()
-            self._count_denial(denied.status, site, identity.role, action)
+            self._count_denial(denied.status, identity.role, action)
         log.info(
             "%s %s refused for %s: %s",
             request.method,

@@ -66,7 +66,10 @@ class StreamLatency:
         )
         #: Sent to a peer → the peer presented it (sampled frames whose receipt came back).
         self.viewer = HopLatency(HOP_VIEWER, attrs)
+        #: Per AU: in, out (reached a peer) and dropped (reached none).
         self.frames = FrameCounts("edge", attrs)
+        #: Per peer and AU: what a peer was not sent (slow, or waiting for a keyframe).
+        self.peer_frames = FrameCounts("edge.peer", attrs)
         self._sent_bytes = metrics.get_meter("orstream").create_counter(
             EDGE_SENT, unit="By", description="Media bytes sent to peers (AU payloads)"
         )
@@ -74,6 +77,9 @@ class StreamLatency:
         self._delivered_at: deque[tuple[int, int]] = deque(maxlen=HOP_WINDOW)
 
     def _delivered(self, unit: AccessUnit) -> None:
+        if not unit.peers_sent:
+            self.frames.dropped("no_peer_sent")
+            return
         self.frames.sent()
         self._sent_bytes.add(unit.packet.size * unit.peers_sent, self.attributes)
         self._delivered_at.append((unit.meta.capture_ns, unit.last_sent_ns))
@@ -150,7 +156,7 @@ class StreamFanout:
 
     def attach(self, queue_limit: int) -> AccessUnitTrack:
         track = AccessUnitTrack(queue_limit, self.request_keyframe, self.counters)
-        track.frames = self.latency.frames
+        track.frames = self.latency.peer_frames
         self.tracks.add(track)
         self.request_keyframe()  # a new peer needs an IDR to start
         return track
@@ -158,7 +164,7 @@ class StreamFanout:
     def adopt(self, track: AccessUnitTrack) -> None:
         """Feed a track that another fan-out fed until now (a rendition switch), from an IDR."""
         track.rebind(self.request_keyframe)
-        track.frames = self.latency.frames
+        track.frames = self.latency.peer_frames
         self.tracks.add(track)
         self.request_keyframe()
 
@@ -219,6 +225,7 @@ class StreamFanout:
         if meta.key:
             self._keyframe_arrived()
         if not self.tracks:
+            self.latency.frames.dropped("no_peers")
             return
         packet = av.Packet(msg.data)
         packet.pts = meta.pts

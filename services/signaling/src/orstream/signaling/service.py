@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.metrics import NoOpMeterProvider
 
 from orstream.common.audit_trail import AuditTrail
 from orstream.common.health import HttpServer, health_routes
@@ -109,7 +110,10 @@ class SignalingService:
         app.include_router(build_router(api))
         app.router.routes.extend(health_routes(self.ready, self.stats))
         # A span per API request (WHEP offers, room lists), not per probe or scrape.
-        FastAPIInstrumentor.instrument_app(app, excluded_urls=UNTRACED_PATHS)
+        # Its metrics are left out: they carry the client's Host header (unbounded series).
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls=UNTRACED_PATHS, meter_provider=NoOpMeterProvider()
+        )
         self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
         await self.http.start()
         ctx.stack.push_async_callback(self.sessions.close_all)

@@ -176,7 +176,8 @@ class SessionStats:
                 _ENCODER.encode(StatsError(f"malformed: {exc}")).decode(), "stats_errors_sent"
             )
             return
-        self.last_report = msgspec.structs.replace(receipt, received_ns=time.time_ns())
+        if receipt.frames or not receipt.traced:  # an answer alone is not a new report
+            self.last_report = msgspec.structs.replace(receipt, received_ns=time.time_ns())
         self.counters.add("stats_receipts")
         for frame in receipt.traced or ():
             matched = self.on_traced is not None and self.on_traced(frame)

@@ -31,6 +31,8 @@ tracer = trace.get_tracer("orstream.signaling")
 PENDING_LIMIT = 32
 #: A receipt later than this after the frame was sent is not matched (the frame was lost).
 RECEIPT_WAIT_NS = 10_000_000_000
+#: A peer's clock may run this far ahead of ours before its answer is refused as implausible.
+CLOCK_AHEAD_NS = 1_000_000_000
 
 
 class FrameTrace:
@@ -95,11 +97,18 @@ class ReceiptTraces:
     def received(self, stream: str, seq: int, presented_ns: int) -> bool:
         """The peer presented ``seq`` of ``stream`` at ``presented_ns``: ``viewer.receipt``.
 
-        False when the frame is not awaited (never traced here, answered already, expired).
+        False when the frame is not awaited (never traced here, answered already, expired) or
+        the time is implausible (after now, or long after it was sent): a peer cannot put
+        arbitrary figures into the viewer hop.
         """
-        self._expire(time.time_ns())
+        now_ns = time.time_ns()
+        self._expire(now_ns)
         awaited = self._awaited.pop((stream, seq), None)
         if awaited is None:
+            return False
+        if presented_ns > now_ns + CLOCK_AHEAD_NS or (
+            presented_ns - awaited.sent_ns > RECEIPT_WAIT_NS
+        ):
             return False
         end_ns = max(presented_ns, awaited.sent_ns)  # a peer clock behind ours: a zero span
         span = tracer.start_span(
@@ -115,6 +124,7 @@ class ReceiptTraces:
             },
         )
         span.end(end_ns)
+        # A peer clock behind ours gives no sample (rather than a negative one).
         if presented_ns >= awaited.sent_ns:
             awaited.viewer.record((presented_ns - awaited.sent_ns) / 1e6, awaited.capture_ns)
         return True

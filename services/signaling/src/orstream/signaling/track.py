@@ -46,7 +46,7 @@ class DeliveryLatency:
     rank: int
     ranked: HopLatency
     last: HopLatency
-    #: Called once per AU that reached at least one peer, when every peer is done with it.
+    #: Called once per AU when every peer is done with it (``peers_sent`` may be 0).
     delivered: Callable[[AccessUnit], None] | None = None
 
 
@@ -125,9 +125,12 @@ class AccessUnit:
         if self.trace is not None:
             self.trace.sent(self._last_sent_ns or time.time_ns(), self._sent, self._dropped)
         delivery = self.delivery
-        if not self._sent or delivery is None:
+        if delivery is None:
             return
-        delivery.last.record((self._last_sent_ns - self.received_ns) / 1e6, self.meta.capture_ns)
+        if self._sent:
+            delivery.last.record(
+                (self._last_sent_ns - self.received_ns) / 1e6, self.meta.capture_ns
+            )
         if delivery.delivered is not None:
             delivery.delivered(self)
 

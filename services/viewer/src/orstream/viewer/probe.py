@@ -210,7 +210,7 @@ class Probe:
             return
         self.trace_requests.discard((stream, seq))
         traced = {"stream": stream, "seq": seq, "presented_ms": decoded_ns / 1e6}
-        channel.send(json.dumps({"type": "receipt", "frames": 1, "traced": [traced]}))
+        channel.send(json.dumps({"type": "receipt", "frames": 0, "traced": [traced]}))
         self.traced_answered.append((stream, seq))
 
     async def connect(self) -> None:
@@ -280,6 +280,9 @@ class Probe:
             self.result.samples.append(FrameSample(tc.seq, tc.capture_ns, received_ns))
             if self.trace_requests:
                 name = stream or (self.streams[0] if self.streams else "")
+                # Requests for frames long past (never decoded here) are forgotten.
+                stale = {r for r in self.trace_requests if r[1] < tc.seq - TRACE_LOOKBACK}
+                self.trace_requests -= stale
                 # The edge's request may come just after the frame: look back a little.
                 for seq in range(tc.seq - TRACE_LOOKBACK, tc.seq + 1):
                     if (name, seq) in self.trace_requests:

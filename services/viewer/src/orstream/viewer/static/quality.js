@@ -55,7 +55,9 @@ export class Quality {
 
   /** The edge traces frame ``seq`` of this stream: say when it is shown. */
   traceFrame(seq) {
-    if (this.traceWanted.size < MAX_TRACED) this.traceWanted.set(seq, performance.now());
+    // Only a picture with a timecode can say which frame it shows; without one, reading every
+    // frame would only cost the page's main thread.
+    if (this.timecode && this.traceWanted.size < MAX_TRACED) this.traceWanted.set(seq, performance.now());
   }
 
   _onFrame(now, metadata) {
