@@ -21,7 +21,7 @@ import os
 import re
 import signal
 import sys
-import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -115,9 +115,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         encoders=args.encoders,
         stack_file=settings.state_dir / STACK_FILE_NAME,  # for orstream latency --live
     )
-    stop = threading.Event()
+    # A plain list, not a threading.Event: the handler runs on the main thread between two
+    # bytecodes, possibly inside Event.wait() holding the Event's lock, and set() would then
+    # wait for that lock forever (Ctrl-C hung the stack).
+    stopping: list[str] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _: stopping.append(signal.Signals(signum).name))
     stack = Stack(config)
     print(
         f"orstream: starting the stack for {config.site}/{config.room}: "
@@ -159,15 +162,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             + "\n  Ctrl-C stops everything.\n",
             flush=True,
         )
-        while not stop.is_set():
+        while not stopping:
             for process in stack.processes:
                 if not process.alive():
                     print(
                         f"orstream: {process.name} exited ({process.popen.returncode}); stopping",
                         file=sys.stderr,
                     )
-                    stop.set()
-            stop.wait(0.5)
+                    stopping.append(process.name)
+            time.sleep(0.5)  # a signal interrupts the sleep
     finally:
         print("orstream: stopping …", flush=True)
         stack.stop()
