@@ -465,12 +465,20 @@ def test_the_kubernetes_job_keeps_annotated_pods_only() -> None:
     assert keep["action"] == "keep" and keep["regex"] == "true"
     assert keep["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
     targets = {r.get("target_label") for r in rules}
-    assert {"__metrics_path__", "__address__", "job"} <= targets
-    address = next(r for r in rules if r.get("target_label") == "__address__")
-    joined = "10.1.2.3:8080;9464"  # the pod's address and its prometheus.io/port annotation
-    assert re.sub(address["regex"], address["replacement"].replace("$", "\\"), joined) == (
-        "10.1.2.3:9464"
+    assert {"__metrics_path__", "job"} <= targets
+    # One target per container port serving /metrics: a room pod's ingest (port "metrics") and
+    # encoder ("metrics-enc") both, the edge and viewer ("http"), metadata ("health"); NATS's
+    # client or cluster ports never.
+    ports = next(
+        r for r in rules if r.get("source_labels") == ["__meta_kubernetes_pod_container_port_name"]
     )
+    assert ports["action"] == "keep"
+    for name in ("metrics", "metrics-enc", "health", "http"):
+        assert re.fullmatch(ports["regex"], name), name
+    for name in ("client", "cluster", "monitor", "turn-udp"):
+        assert not re.fullmatch(ports["regex"], name), name
+    job_rule = next(r for r in rules if r.get("target_label") == "job")
+    assert job_rule["source_labels"] == ["__meta_kubernetes_pod_container_name"]
 
 
 def test_grafana_loads_the_dashboards_from_the_documented_mount() -> None:
