@@ -17,8 +17,6 @@ the compose stack's configuration; otherwise that one test is skipped.
 from __future__ import annotations
 
 import fnmatch
-import importlib
-import inspect
 import json
 import os
 import re
@@ -27,7 +25,7 @@ import subprocess
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -125,18 +123,6 @@ def workspace_services() -> dict[str, str]:
         path.parent.name: tomllib.loads(path.read_text())["project"]["name"]
         for path in sorted((ROOT / "services").glob("*/pyproject.toml"))
     }
-
-
-def settings_class(service: str) -> type[CommonSettings]:
-    """The settings class ``orstream.<service>.settings`` defines for the service."""
-    module = importlib.import_module(f"orstream.{service}.settings")
-    found = [
-        cls
-        for _, cls in inspect.getmembers(module, inspect.isclass)
-        if issubclass(cls, CommonSettings) and cls.__module__ == module.__name__
-    ]
-    assert len(found) == 1, f"{module.__name__} defines {found}, not one settings class"
-    return found[0]
 
 
 def built_from(spec: dict[str, Any]) -> str | None:
@@ -407,7 +393,10 @@ def test_image_build_sees_the_whole_workspace(service: str) -> None:
     "name", sorted(name for name, spec in load_compose()["services"].items() if built_from(spec))
 )
 def test_environment_names_real_settings_and_they_validate(
-    name: str, services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    name: str,
+    services: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    settings_class: Callable[[str], type[CommonSettings]],
 ) -> None:
     spec = services[name]
     service = built_from(spec)

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
-import inspect
 import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,19 +163,6 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def service_of(container: dict[str, Any]) -> str | None:
     match = ORSTREAM_IMAGE.match(container.get("image", ""))
     return match["service"] if match else None
-
-
-@functools.cache
-def settings_class(service: str) -> type[CommonSettings]:
-    """The settings class ``orstream.<service>.settings`` defines (as test_compose.py)."""
-    module = importlib.import_module(f"orstream.{service}.settings")
-    found = [
-        cls
-        for _, cls in inspect.getmembers(module, inspect.isclass)
-        if issubclass(cls, CommonSettings) and cls.__module__ == module.__name__
-    ]
-    assert len(found) == 1, f"{module.__name__} defines {found}, not one settings class"
-    return found[0]
 
 
 def data_of(obj: dict[str, Any]) -> dict[str, str]:
@@ -522,7 +507,9 @@ def test_multi_site_links_only_what_may_cross(multi_site: list[dict[str, Any]]) 
 
 
 def test_orstream_env_is_real_settings(
-    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    objects: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    settings_class: Callable[[str], type[CommonSettings]],
 ) -> None:
     checked = set()
     for workload in kinds(objects, *WORKLOADS):
@@ -649,7 +636,9 @@ def test_leaf_permission_check_catches_widening() -> None:
     assert leaf_permissions(wide)["publish"] != CROSS_SITE
 
 
-def test_settings_check_catches_unknown_names(objects: list[dict[str, Any]]) -> None:
+def test_settings_check_catches_unknown_names(
+    objects: list[dict[str, Any]], settings_class: Callable[[str], type[CommonSettings]]
+) -> None:
     cls = settings_class("ingest")
     assert "room" in cls.model_fields
     assert "rooms" not in cls.model_fields  # the encoder's, not ingest's

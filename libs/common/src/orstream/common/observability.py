@@ -38,8 +38,10 @@ HOPS: Final = (
     HOP_EDGE_SEND,
     HOP_VIEWER,
 )
-#: Recorded beside the path's hops (not part of the sum): the AU to the 10th peer (the budget's
-#: figure; ``edge.send`` is to the last peer) and the metadata service's de-identification.
+#: Recorded beside the path's hops (not part of the sum): the encoder's queue delay (notified →
+#: taken, inside ``encoder.read``), the AU to the 10th peer (the budget's figure; ``edge.send``
+#: is to the last peer) and the metadata service's de-identification.
+HOP_ENCODER_QUEUE: Final = "encoder.queue"
 HOP_EDGE_SEND_PEER10: Final = "edge.send.peer10"
 HOP_METADATA: Final = "metadata"
 

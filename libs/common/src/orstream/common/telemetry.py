@@ -51,12 +51,12 @@ from orstream.common.observability import (
     FRAMES_DROPPED,
     FRAMES_IN,
     FRAMES_OUT,
+    HOP_ENCODER_QUEUE,
     HOP_LATENCY,
 )
 
 log = logging.getLogger(__name__)
 
-HOP_LATENCY_METRIC = HOP_LATENCY
 #: Samples kept per hop for percentiles on ``/stats``: a minute at 50 fps, several streams.
 HOP_WINDOW = 20_000
 #: Bucket bounds (ms) of the latency histograms: most hops take well under 10 ms, so the
@@ -204,7 +204,7 @@ class HopLatency:
 class QueueDelay(HopLatency):
     """The encoder's queue delay: a frame notified → the encode thread took it."""
 
-    HOP = "encoder.queue"
+    HOP = HOP_ENCODER_QUEUE
     METRIC = ENCODER_QUEUE_DELAY
     DESCRIPTION = "A frame notified → the encoder took it"
 

@@ -80,6 +80,18 @@ BITRATE_HOLD_S = 2.0
 COMPLAIN_EVERY_S = 5.0
 
 
+def hop_span(name: str, parent: Context | None, start_ns: int) -> trace.Span | None:
+    """A hop's span, the child of the hop before; none for a frame that is not traced."""
+    if parent is None:
+        return None
+    return tracer.start_span(name, context=parent, start_time=start_ns)
+
+
+def context_of(span: trace.Span | None) -> Context | None:
+    """The context the next hop's span is the child of."""
+    return None if span is None else trace.set_span_in_context(span)
+
+
 def pts_of(capture_ns: int) -> int:
     """Presentation time in 90 kHz units from the wall-clock capture time."""
     return capture_ns * VIDEO_CLOCK_HZ // 1_000_000_000
@@ -358,11 +370,7 @@ class StreamPipeline:
         wanted: dict[str, int],
         parent: Context | None,
     ) -> bool:
-        read_span = (
-            tracer.start_span(HOP_ENCODER_READ, context=parent, start_time=note.notified_ns)
-            if parent is not None
-            else None
-        )
+        read_span = hop_span(HOP_ENCODER_READ, parent, note.notified_ns)
         try:
             frame = reader.read(note.seq, to_i420)
         except (RingError, ValueError) as exc:  # a slot that does not hold what it says
@@ -380,7 +388,7 @@ class StreamPipeline:
         self.read_ms.record((read_ns - note.notified_ns) / 1e6, note.capture_ns)
         frame.pts = pts_of(note.capture_ns)
         now_ns = time.monotonic_ns()
-        read_ctx = trace.set_span_in_context(read_span) if read_span is not None else None
+        read_ctx = context_of(read_span)
         for r in active:
             force = r.keyframes.force_now(now_ns)
             if force:
@@ -446,11 +454,7 @@ class StreamPipeline:
     ) -> None:
         width, height = output_size(r.spec, frame.width, frame.height)
         encoder = self._encoder_for(r, width, height, estimate)
-        encode_span = (
-            tracer.start_span(HOP_ENCODER_ENCODE, context=read_ctx, start_time=read_ns)
-            if read_ctx is not None
-            else None
-        )
+        encode_span = hop_span(HOP_ENCODER_ENCODE, read_ctx, read_ns)
         try:
             if (width, height) != (frame.width, frame.height):
                 frame = r.reformatter.reformat(
@@ -463,15 +467,12 @@ class StreamPipeline:
                 encode_span.set_attribute("orstream.rendition", r.spec.name)
                 encode_span.end(encoded_ns)
         r.encode_ms.record((encoded_ns - read_ns) / 1e6, note.capture_ns)
-        encode_ctx = trace.set_span_in_context(encode_span) if encode_span is not None else None
+        encode_ctx = context_of(encode_span)
         for unit in units:
             carrier: dict[str, str] = {}
-            span = None
-            if encode_ctx is not None:
-                span = tracer.start_span(
-                    HOP_ENCODER_PUBLISH, context=encode_ctx, start_time=encoded_ns
-                )
-                propagate.inject(carrier, context=trace.set_span_in_context(span))
+            span = hop_span(HOP_ENCODER_PUBLISH, encode_ctx, encoded_ns)
+            if span is not None:
+                propagate.inject(carrier, context=context_of(span))
             meta = AccessUnitMeta(
                 seq=note.seq,
                 pts=unit.pts,

@@ -176,11 +176,9 @@ class IngestService:
         if isinstance(event, RawFrame | FrameInRing):
             self.frames.received()
             # The frame's trace starts when it was captured, not when this loop got to it.
-            span = tracer.start_span(
-                HOP_INGEST_CAPTURE,
-                start_time=event.capture_ns,
-                attributes={"orstream.seq": event.seq},
-            )
+            span = tracer.start_span(HOP_INGEST_CAPTURE, start_time=event.capture_ns)
+            if span.is_recording():  # no attribute dict for the frames not sampled
+                span.set_attribute("orstream.seq", event.seq)
             try:
                 if isinstance(event, RawFrame):
                     slot = await loop.run_in_executor(self._writer, self._write, ring, event)

@@ -38,6 +38,7 @@ from orstream.common.observability import (
     HOP_EDGE_SEND_PEER10,
     HOP_ENCODER_ENCODE,
     HOP_ENCODER_PUBLISH,
+    HOP_ENCODER_QUEUE,
     HOP_ENCODER_READ,
     HOP_INGEST_CAPTURE,
     HOP_INGEST_PUBLISH,
@@ -48,9 +49,7 @@ from orstream.common.observability import (
 #: One hop's latency in ms as the services report it: n, p50, p95, p99, mean.
 Summary = Mapping[str, float]
 
-#: Recorded beside the path (inside or alongside its hops), so never added to the sum. The
-#: queue delay is ``orstream.common.telemetry.QueueDelay.HOP`` (not imported: OTel is slow to load).
-HOP_ENCODER_QUEUE = "encoder.queue"
+#: Recorded beside the path (inside or alongside its hops), so never added to the sum.
 EXTRA_HOPS = (HOP_ENCODER_QUEUE, HOP_EDGE_SEND_PEER10)
 STATISTICS = ("p50", "p95", "p99", "mean")
 DEFAULT_LIVE_SECONDS = 10.0
